@@ -1,0 +1,79 @@
+"""When masks change and by how much: the RigL update schedule.
+
+RigL (Evci et al. 2020, eq. 1 and section 3): every ``update_every`` iterations until
+``end_step``, each sparse layer drops a fraction ``f_decay(t)`` of its active weights and grows as
+many, with the cosine decay ``f_decay(t) = drop_fraction / 2 * (1 + cos(pi * t / end_step))``.
+
+Iterations are counted from 0. Iteration ``t`` is an update iteration when ``(t + 1)`` is a
+multiple of ``update_every`` and ``t < end_step``: with ``update_every = 80`` the 80th, 160th, ...
+iteration updates, as in the reference code (which counts 1-based iterations). The reference
+counts iterations *within each epoch* (4 updates per 391-iteration CIFAR epoch); we count them
+globally, as RigL does.
+
+The reference code also evaluates its cosine with a length of ``end_when = 70`` *iterations*
+(a units bug), so its drop fraction is ~1.5e-4 from the first update on and RigL/SET are nearly
+static there. Here the length is ``end_step`` iterations, which is what the method means.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSchedule:
+    """Mask-update schedule.
+
+    Attributes:
+      update_every: iterations between mask updates (RigL's delta T).
+      end_step: no mask update at or after this iteration; the drop fraction reaches 0 here.
+      drop_fraction: drop fraction at iteration 0 (RigL's alpha).
+    """
+
+    update_every: int = 100
+    end_step: int = 0
+    drop_fraction: float = 0.3
+
+    def __post_init__(self):
+        if self.update_every <= 0:
+            raise ValueError(f"update_every must be positive, got {self.update_every}")
+        if self.end_step < 0:
+            raise ValueError(f"end_step must be >= 0, got {self.end_step}")
+        if not 0.0 <= self.drop_fraction <= 1.0:
+            raise ValueError(f"drop_fraction must be in [0, 1], got {self.drop_fraction}")
+
+    @classmethod
+    def for_run(
+        cls,
+        total_steps: int,
+        update_every: int = 100,
+        drop_fraction: float = 0.3,
+        end_fraction: float = 0.75,
+    ) -> "UpdateSchedule":
+        """Schedule whose updates stop after ``end_fraction`` of ``total_steps`` (RigL: 0.75)."""
+        return cls(
+            update_every=update_every,
+            end_step=int(round(end_fraction * total_steps)),
+            drop_fraction=drop_fraction,
+        )
+
+
+def drop_fraction_at(schedule: UpdateSchedule, step) -> jnp.ndarray:
+    """Cosine-decayed drop fraction at iteration ``step`` (0 from ``end_step`` on)."""
+    if schedule.end_step == 0:
+        return jnp.zeros((), jnp.float32)
+    progress = jnp.minimum(jnp.asarray(step, jnp.float32), schedule.end_step) / schedule.end_step
+    return (0.5 * schedule.drop_fraction * (1.0 + jnp.cos(jnp.pi * progress))).astype(jnp.float32)
+
+
+def is_update_step(schedule: UpdateSchedule, step) -> jnp.ndarray:
+    """Whether iteration ``step`` (0-based) performs a mask update."""
+    step = jnp.asarray(step)
+    return jnp.logical_and((step + 1) % schedule.update_every == 0, step < schedule.end_step)
+
+
+def update_steps(schedule: UpdateSchedule, total_steps: int) -> list[int]:
+    """All update iterations of a run of ``total_steps`` iterations (host-side helper)."""
+    last = min(schedule.end_step, total_steps)
+    return [t for t in range(schedule.update_every - 1, last, schedule.update_every)]

@@ -1,0 +1,279 @@
+"""The run configuration: every field, its default, and up-front validation.
+
+Config files under ``configs/`` start from :func:`base_config` and change what they need, so the
+set of fields is defined once, here. :func:`validate_config` checks every value before anything
+is built and raises :class:`ConfigError` naming the field, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import ml_collections
+
+from moon_jax.data.augment import AUGMENTATIONS
+from moon_jax.models import MODEL_NAMES
+from moon_jax.moon.averaging import TRIGGERS
+from moon_jax.sparse.distribution import DISTRIBUTIONS
+from moon_jax.sparse.updaters import METHODS
+
+OPTIMIZERS = ("sgd", "adamw")
+DTYPES = ("float32", "bfloat16")
+DATA_SOURCES = ("auto", "packed", "tfds")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and what is allowed."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All fields with their defaults (the CIFAR-10 / ResNet-18 reference recipe)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet18"
+    c.model.dtype = "float32"  # computation dtype; params stay float32
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = "cifar10"
+    c.data.source = "auto"  # auto | packed | tfds
+    c.data.data_dir = ""  # packed .npz dir; "" = MOON_JAX_DATA_DIR or ../shared/data
+    c.data.tfds_data_dir = ""  # TFDS data dir; "" = TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.augment = "crop_flip"  # on device: crop_flip (4-pixel pad + crop + flip) | flip | none
+    c.data.stream_train = False  # read training batches from TFDS on host threads (ImageNet)
+    c.data.random_resized_crop = False  # host-side Inception crops when streaming
+    c.data.ood_datasets = ("tin_resize", "mnist", "textures_subset", "gaussian_noise", "uniform_noise")
+    c.data.num_ood_examples = 0  # 0 = all
+    c.data.num_train_examples = 0  # 0 = all (smaller for quick runs)
+    c.data.num_test_examples = 0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 100
+    c.train.batch_size = 128
+    c.train.eval_batch_size = 500
+    c.train.optimizer = "sgd"
+    c.train.base_lr = 0.1
+    c.train.lr_ini = 1.2  # multiplier at step 0 (reference README)
+    c.train.lr_end = 0.08  # multiplier at the end of the cosine and after
+    c.train.constant_lr_epochs = 20  # reference "deduct": last epochs at constant lr_end
+    c.train.momentum = 0.9
+    c.train.nesterov = True
+    c.train.weight_decay = 5e-4
+    c.train.log_every_steps = 50
+    c.train.eval_every_epochs = 10  # 0 = only at the end
+    c.train.checkpoint_every_epochs = 1
+    c.train.checkpoints_to_keep = 2
+    c.train.progress_bar = True
+
+    c.sparse = ml_collections.ConfigDict()
+    c.sparse.method = "rigl"  # dense | static | set | rigl
+    c.sparse.sparsity = 0.9
+    c.sparse.distribution = "erk"  # uniform | er | erk
+    c.sparse.update_every = 80  # iterations between mask updates (reference: 80)
+    c.sparse.drop_fraction = 0.3
+    c.sparse.end_fraction = 0.7  # mask updates in the first 70% of iterations (reference)
+    c.sparse.dense_first_layer = False
+    c.sparse.dense_last_layer = False
+
+    c.moon = ml_collections.ConfigDict()
+    c.moon.enabled = True  # K+1 head + unknown-aware loss
+    c.moon.warmup_epochs = 5
+    c.moon.ewma_mu = 0.05
+    c.moon.alpha_init_factor = 64.0  # reference w_out2
+    c.moon.alpha_final = 1.0  # reference w_out
+    c.moon.averaging_epochs = 20  # weight averaging over the last epochs; 0 = off
+    c.moon.averaging_trigger = "epoch"  # epoch | reference
+    c.moon.bn_refresh = "every_epoch"  # every_epoch | final
+    c.moon.dropconnect_rate = 0.0  # CigL random mask; the reference uses 0.01
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.ece_bins = 15
+    c.eval.scores = ()  # () = the defaults for the model (MOON scores or MSP + energy)
+    return c
+
+
+def apply_reference_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Sets the MOON reference schedule for 32x32 datasets (github StevenBoys/MOON README).
+
+    100 epochs, batch 128, SGD with Nesterov momentum 0.9 and weight decay 5e-4, learning rate
+    0.1 x a cosine multiplier 1.2 -> 0.08 over 80 epochs then constant for the last 20 (weight
+    averaging); RigL 90% ERK, mask updates every 80 iterations in the first 70% of training with
+    drop fraction 0.3 (cosine); MOON with 5 warm-up epochs and alpha EWMA/64 -> 1.0.
+    """
+    config.model.name = "resnet18"
+    config.train.epochs = 100
+    config.train.batch_size = 128
+    config.train.optimizer = "sgd"
+    config.train.base_lr = 0.1
+    config.train.lr_ini = 1.2
+    config.train.lr_end = 0.08
+    config.train.constant_lr_epochs = 20
+    config.train.momentum = 0.9
+    config.train.nesterov = True
+    config.train.weight_decay = 5e-4
+    config.sparse.method = "rigl"
+    config.sparse.sparsity = 0.9
+    config.sparse.distribution = "erk"
+    config.sparse.update_every = 80
+    config.sparse.drop_fraction = 0.3
+    config.sparse.end_fraction = 0.7
+    config.moon.enabled = True
+    config.moon.warmup_epochs = 5
+    config.moon.alpha_init_factor = 64.0
+    config.moon.alpha_final = 1.0
+    config.moon.averaging_epochs = 20
+    return config
+
+
+def _fail(field: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"config.{field} = {value!r} is not valid: {allowed}")
+
+
+def _check_choice(config, field: str, allowed: Iterable[str]):
+    value = _get(config, field)
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise _fail(field, value, "allowed: " + ", ".join(allowed))
+
+
+def _get(config, field: str):
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node
+
+
+def _check_positive_int(config, field: str, allow_zero: bool = False):
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        raise _fail(field, value, "must be an integer >= %d" % (0 if allow_zero else 1))
+
+
+def _check_number(config, field: str, low: float, high: float, low_open=False, high_open=False):
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(field, value, "must be a number")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        interval = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+        raise _fail(field, value, f"must be in {interval}")
+
+
+def check_fields(config, reference=None, prefix: str = "") -> None:
+    """Raises :class:`ConfigError` for any field that :func:`base_config` does not define."""
+    reference = base_config() if reference is None else reference
+    for key in config.keys():
+        name = prefix + key
+        if key not in reference:
+            known = ", ".join(sorted(prefix + k for k in reference.keys()))
+            raise ConfigError(f"config.{name} is not a known field (mistyped?); known fields here: {known}")
+        if isinstance(reference[key], ml_collections.ConfigDict):
+            if not isinstance(config[key], ml_collections.ConfigDict):
+                raise _fail(name, config[key], "must be a group of fields")
+            check_fields(config[key], reference[key], name + ".")
+    for key in reference.keys():
+        if key not in config:
+            raise ConfigError(f"config.{prefix + key} is missing; start config files from base_config()")
+
+
+def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] | None = None) -> None:
+    """Checks every value; raises :class:`ConfigError` naming the first bad field.
+
+    Args:
+      config: the run's ConfigDict.
+      num_devices: the number of devices the global batch is split over.
+      known_datasets: dataset names accepted for ``data.dataset`` / ``data.ood_datasets``
+        (defaults to :func:`moon_jax.data.available_datasets`).
+    """
+    check_fields(config)
+    _check_positive_int(config, "seed", allow_zero=True)
+    _check_choice(config, "model.name", MODEL_NAMES)
+    _check_choice(config, "model.dtype", DTYPES)
+
+    if known_datasets is None:
+        from moon_jax.data import available_datasets
+
+        known_datasets = available_datasets()
+    known = tuple(known_datasets)
+
+    def check_dataset(field, name):
+        if not isinstance(name, str) or not (name in known or name.startswith("tfds:")):
+            raise _fail(field, name, "allowed: " + ", ".join(known) + ", or 'tfds:<name>'")
+
+    check_dataset("data.dataset", config.data.dataset)
+    if not isinstance(config.data.ood_datasets, (tuple, list)):
+        raise _fail("data.ood_datasets", config.data.ood_datasets, "must be a tuple of dataset names")
+    for name in config.data.ood_datasets:
+        check_dataset("data.ood_datasets", name)
+    _check_choice(config, "data.source", DATA_SOURCES)
+    _check_choice(config, "data.augment", AUGMENTATIONS)
+    for field in ("data.stream_train", "data.random_resized_crop", "moon.enabled", "train.nesterov",
+                  "train.progress_bar", "sparse.dense_first_layer", "sparse.dense_last_layer"):
+        if not isinstance(_get(config, field), bool):
+            raise _fail(field, _get(config, field), "must be True or False")
+    if config.data.random_resized_crop and not config.data.stream_train:
+        raise _fail("data.random_resized_crop", True, "host-side crops need data.stream_train = True")
+    for field in ("data.num_ood_examples", "data.num_train_examples", "data.num_test_examples"):
+        _check_positive_int(config, field, allow_zero=True)
+
+    for field in ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.log_every_steps"):
+        _check_positive_int(config, field)
+    for field in ("train.eval_every_epochs", "train.checkpoint_every_epochs", "train.constant_lr_epochs"):
+        _check_positive_int(config, field, allow_zero=True)
+    _check_positive_int(config, "train.checkpoints_to_keep")
+    _check_choice(config, "train.optimizer", OPTIMIZERS)
+    _check_number(config, "train.base_lr", 0.0, float("inf"), low_open=True)
+    for field in ("train.lr_ini", "train.lr_end"):
+        _check_number(config, field, 0.0, float("inf"))
+    _check_number(config, "train.momentum", 0.0, 1.0, high_open=True)
+    _check_number(config, "train.weight_decay", 0.0, float("inf"))
+    if config.train.constant_lr_epochs >= config.train.epochs:
+        raise _fail(
+            "train.constant_lr_epochs", config.train.constant_lr_epochs,
+            f"must be smaller than train.epochs = {config.train.epochs}",
+        )
+    for field, size in (("train.batch_size", config.train.batch_size), ("train.eval_batch_size", config.train.eval_batch_size)):
+        if size % num_devices:
+            raise _fail(field, size, f"must be divisible by the number of devices ({num_devices})")
+
+    _check_choice(config, "sparse.method", METHODS)
+    _check_choice(config, "sparse.distribution", DISTRIBUTIONS)
+    if config.sparse.method != "dense":
+        _check_number(config, "sparse.sparsity", 0.0, 1.0, high_open=True)
+    _check_positive_int(config, "sparse.update_every")
+    _check_number(config, "sparse.drop_fraction", 0.0, 1.0)
+    _check_number(config, "sparse.end_fraction", 0.0, 1.0)
+
+    _check_positive_int(config, "moon.warmup_epochs", allow_zero=True)
+    _check_number(config, "moon.ewma_mu", 0.0, 1.0, low_open=True)
+    _check_number(config, "moon.alpha_init_factor", 0.0, float("inf"), low_open=True)
+    _check_number(config, "moon.alpha_final", 0.0, float("inf"))
+    _check_positive_int(config, "moon.averaging_epochs", allow_zero=True)
+    _check_choice(config, "moon.averaging_trigger", TRIGGERS)
+    _check_choice(config, "moon.bn_refresh", ("every_epoch", "final"))
+    _check_number(config, "moon.dropconnect_rate", 0.0, 1.0, high_open=True)
+    if config.moon.enabled and config.train.epochs <= config.moon.warmup_epochs + 1:
+        raise _fail(
+            "moon.warmup_epochs", config.moon.warmup_epochs,
+            f"MOON needs train.epochs ({config.train.epochs}) > warmup_epochs + 1 for alpha to ramp",
+        )
+    if config.moon.enabled and config.moon.averaging_epochs >= config.train.epochs:
+        raise _fail(
+            "moon.averaging_epochs", config.moon.averaging_epochs,
+            f"must be smaller than train.epochs = {config.train.epochs}",
+        )
+    if config.moon.enabled and config.moon.averaging_epochs and config.sparse.method in ("set", "rigl"):
+        # Mask updates must end before the first snapshot (end of epoch E - averaging_epochs) so
+        # that every snapshot has the same mask.
+        limit = (config.train.epochs - config.moon.averaging_epochs) / config.train.epochs
+        if config.sparse.end_fraction >= limit:
+            raise _fail(
+                "sparse.end_fraction", config.sparse.end_fraction,
+                f"mask updates must stop before weight averaging starts (end of epoch "
+                f"{config.train.epochs - config.moon.averaging_epochs} of {config.train.epochs}): "
+                f"use less than {limit:.4f}, or fewer moon.averaging_epochs",
+            )
+    _check_positive_int(config, "eval.ece_bins")
+    if not isinstance(config.eval.scores, (tuple, list)):
+        raise _fail("eval.scores", config.eval.scores, "must be a tuple of score names")

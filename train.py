@@ -1,0 +1,38 @@
+"""Train a sparse (and optionally MOON) model, resuming from the latest checkpoint in --workdir.
+
+    python train.py                                    # configs/default.py: MOON + RigL on digits
+    python train.py --config configs/cifar10_resnet18.py --workdir runs/c10_moon_rigl
+    python train.py --config configs/cifar10_resnet18.py --config.sparse.method=set --config.moon.enabled=False
+
+Re-running the same command continues from the newest checkpoint. At the end the evaluation table
+is printed and written to <workdir>/eval.json; `python eval.py --workdir ...` recomputes it.
+"""
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from moon_jax.programs import quiet_library_logs, run_program
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", os.path.join(_HERE, "configs", "default.py"), "Run configuration file.", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results (default: runs/<config name>).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_library_logs()
+    from moon_jax.programs import default_workdir
+    from moon_jax.training import train_and_evaluate
+
+    workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
+    train_and_evaluate(FLAGS.config, workdir)
+
+
+if __name__ == "__main__":
+    run_program(lambda: app.run(main))

@@ -8,19 +8,20 @@ Re-running the same command continues from the newest checkpoint. At the end the
 is printed and written to <workdir>/eval.json; `python eval.py --workdir ...` recomputes it.
 """
 import os
-import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from moon_jax.programs import quiet_library_logs, run_program
+from moon_jax.programs import define_config_flag, quiet_library_logs, run_program
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "default.py"), "Run configuration file.", lock_config=True
-)
+define_config_flag(os.path.join(_HERE, "configs", "default.py"))
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results (default: runs/<config name>).")
+flags.DEFINE_integer(
+    "stop_at_step", None,
+    "Save a checkpoint and stop once this global step is reached (for time-limited sessions); "
+    "re-run to continue.",
+)
 
 
 def main(argv):
@@ -31,7 +32,7 @@ def main(argv):
     from moon_jax.training import train_and_evaluate
 
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
-    train_and_evaluate(FLAGS.config, workdir)
+    train_and_evaluate(FLAGS.config, workdir, stop_at_step=FLAGS.stop_at_step)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,30 @@ def default_workdir(config_path: str) -> str:
     return os.path.join("runs", name)
 
 
+def define_config_flag(default_path: str) -> None:
+    """Defines ``--config`` (a config file plus ``--config.a.b=value`` overrides).
+
+    ml_collections applies the overrides while the flag is defined; a mistyped field then raises
+    deep inside it. Report it as one line naming the override instead.
+    """
+    from ml_collections import config_flags
+
+    try:
+        config_flags.DEFINE_config_file("config", default_path, "Run configuration file.", lock_config=True)
+    except (AttributeError, KeyError, ValueError, TypeError) as err:
+        overrides = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
+        inner = err
+        while inner.args and isinstance(inner.args[0], BaseException):
+            inner = inner.args[0]
+        detail = " ".join(str(inner.args[0] if inner.args else inner).split())
+        print(
+            f"error: a config override is not valid ({detail}); overrides given: {', '.join(overrides) or 'none'}. "
+            f"Fields are listed in moon_jax/training/config.py (base_config).",
+            file=sys.stderr,
+        )
+        sys.exit(USER_ERROR)
+
+
 def run_program(main: Callable[[], None]) -> None:
     """Runs ``main``, printing known errors as ``error: ...`` on stderr with an exit status."""
     from moon_jax.data import DatasetNotFoundError

@@ -263,3 +263,22 @@ def test_dropconnect_restores_dropped_weights():
     np.testing.assert_array_equal(np.asarray(restored["stem"]["kernel"])[~k], 1.0)
     np.testing.assert_array_equal(np.asarray(restored["stem"]["kernel"])[k], 2.0)
     np.testing.assert_array_equal(restored["stem"]["bias"], 2.0)
+
+
+def test_averaging_and_snapshot_schedule_run_inside_scan():
+    params = {"w": jnp.zeros(3, jnp.float32)}
+    tx = optax.chain(optax.sgd(1.0), moon.weight_averaging())
+    grads = -jnp.arange(1, 41, dtype=jnp.float32)[:, None] * jnp.ones((40, 3))  # params become 1, 3, 6, ...
+
+    def body(carry, inputs):
+        params, state = carry
+        step, g = inputs
+        take = moon.is_snapshot_step(step, 10, 4, 1, "epoch")  # ends of epochs 3 and 4
+        updates, state = tx.update({"w": g}, state, params, take_snapshot=take)
+        params = optax.apply_updates(params, updates)
+        return (params, state), params["w"][0]
+
+    (params, state), trajectory = jax.lax.scan(body, (params, tx.init(params)), (jnp.arange(40), grads))
+    avg = state[1]
+    assert int(avg.count) == 2
+    np.testing.assert_allclose(avg.average["w"], (trajectory[29] + trajectory[39]) / 2, rtol=1e-6)

@@ -77,12 +77,26 @@ class ImageDataset:
         return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
 
     def head(self, num_examples: int | None) -> "ImageDataset":
-        """The first ``num_examples`` examples (all of them when None); used for quick runs."""
+        """The first ``num_examples`` examples (all of them when None)."""
         if num_examples is None or num_examples >= len(self):
             return self
         if num_examples < 0:
             raise ValueError(f"num_examples must be >= 0, got {num_examples}")
         return self.take(slice(0, int(num_examples)))
+
+    def subset(self, num_examples: int | None, seed: int = 0) -> "ImageDataset":
+        """``num_examples`` examples drawn uniformly without replacement (all when None).
+
+        For quick runs on files stored sorted by class (the packed CIFAR-10 is): the first N
+        would hold only the first classes. The draw is fixed by ``seed``; the kept examples stay
+        in file order.
+        """
+        if num_examples is None or num_examples >= len(self):
+            return self
+        if num_examples < 0:
+            raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+        keep = np.sort(np.random.default_rng(seed).permutation(len(self))[: int(num_examples)])
+        return self.take(keep)
 
 
 def _check_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:

@@ -52,7 +52,7 @@ def _unknown(name: str) -> ValueError:
 
 
 def _finish(ds: ImageDataset, image_shape, num_examples) -> ImageDataset:
-    ds = ds.head(num_examples)
+    ds = ds.subset(num_examples)
     if image_shape is not None:
         ds = to_image_shape(ds, image_shape)
     return ds
@@ -80,7 +80,8 @@ def load_dataset(name: str, split: str = "test", data_dir=None, source: str = "a
         in TFDS; ``cifar10`` and ``mnist`` map to their TFDS names).
       image_shape: (H, W, C) to convert to (:func:`moon_jax.data.to_image_shape`); for the noise
         sets the generated shape (default 32x32x3); for TFDS the output geometry.
-      num_examples: keep only the first examples (noise / photo sets: how many to generate,
+      num_examples: a fixed, uniformly drawn subset of that size (TFDS: the first examples of
+        the split, which TFDS stores shuffled; noise / photo sets: how many to generate,
         default 1000 for 32x32 noise, 450 for 8x8 noise and digits_photos).
       seed: seed of the generated sets (noise, digits_photos).
 

@@ -11,7 +11,8 @@ import ml_collections
 from moon_jax.evaluation.evaluate import format_results
 from moon_jax.training.checkpoint import CheckpointError, Checkpointer
 from moon_jax.training.config import base_config
-from moon_jax.training.loop import _method_name, abstract_state, build_run, evaluate_state
+from moon_jax.evaluation.runner import evaluate_state, method_name
+from moon_jax.training.loop import abstract_state, build_run
 
 
 def config_from_dict(values: dict) -> ml_collections.ConfigDict:
@@ -79,6 +80,6 @@ def evaluate_workdir(
     if jax.process_index() == 0:
         path = Path(output) if output else workdir / "eval.json"
         path.write_text(json.dumps(results, indent=2) + "\n")
-        print(format_results(results, title=f"{config.data.dataset} / {config.model.name} / {_method_name(config)} ({results['model']})"))
+        print(format_results(results, title=f"{config.data.dataset} / {config.model.name} / {method_name(config)} ({results['model']})"))
         print(f"\nwritten to {path}")
     return results

@@ -62,7 +62,7 @@ class BottleneckBlock(_Block):
 class ResNet(nn.Module):
     """Generic ResNet (He et al. 2016): stem, four stages of residual blocks, pool, ``head``.
 
-    Stage ``i`` has ``stage_sizes[i]`` blocks of base width ``64 * 2**i``; its first block
+    Stage ``i`` has ``stage_sizes[i]`` blocks of base width ``width * 2**i``; its first block
     strides by 2 (except in stage 0) and projects the shortcut when the shape changes.
 
     Attributes:
@@ -71,10 +71,12 @@ class ResNet(nn.Module):
       bottleneck: bottleneck blocks (expansion 4) instead of basic blocks.
       imagenet_stem: 7x7/2 conv + 3x3/2 max-pool for 224x224 inputs; otherwise the CIFAR stem,
         a 3x3/1 conv without pooling, which keeps 32x32 inputs at full resolution.
+      width: base width (64 in the paper; smaller for quick runs and tests).
       dtype: computation dtype (params stay float32; logits are float32).
     """
 
     num_outputs: int
+    width: int = 64
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     bottleneck: bool = False
     imagenet_stem: bool = False
@@ -83,9 +85,9 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         if self.imagenet_stem:
-            x = conv(64, 7, 2, dtype=self.dtype, name="stem")(x)
+            x = conv(self.width, 7, 2, dtype=self.dtype, name="stem")(x)
         else:
-            x = conv(64, 3, 1, dtype=self.dtype, name="stem")(x)
+            x = conv(self.width, 3, 1, dtype=self.dtype, name="stem")(x)
         x = nn.relu(batch_norm(train, dtype=self.dtype, name="stem_bn")(x))
         if self.imagenet_stem:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -94,7 +96,7 @@ class ResNet(nn.Module):
         for stage, num_blocks in enumerate(self.stage_sizes):
             for b in range(num_blocks):
                 x = block_cls(
-                    features=64 * 2**stage,
+                    features=self.width * 2**stage,
                     strides=2 if stage > 0 and b == 0 else 1,
                     dtype=self.dtype,
                     name=f"stage{stage + 1}_block{b + 1}",

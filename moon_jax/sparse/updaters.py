@@ -30,7 +30,7 @@ optimizer state is reset by :func:`moon_jax.sparse.optim.reset_optimizer_state`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -279,13 +279,3 @@ def masks_equal(a: PyTree, b: PyTree) -> bool:
         (x is None and y is None) or (x is not None and y is not None and bool(jnp.array_equal(x, y)))
         for x, y in zip(la, lb)
     )
-
-
-def density(masks: PyTree, params: PyTree, names: Sequence[str] | None = None) -> float:
-    """Fraction of nonzero weights over the masked leaves (host-side)."""
-    total = nonzero = 0
-    for mask in jax.tree.leaves(masks, is_leaf=_is_none):
-        if mask is not None:
-            total += mask.size
-            nonzero += int(jnp.sum(mask))
-    return nonzero / total if total else 1.0

@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
     c.model.dtype = "float32"  # computation dtype; params stay float32
+    c.model.width = 0  # ResNet base width; 0 = the architecture's own (64)
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "cifar10"
@@ -190,6 +191,9 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     _check_positive_int(config, "seed", allow_zero=True)
     _check_choice(config, "model.name", MODEL_NAMES)
     _check_choice(config, "model.dtype", DTYPES)
+    _check_positive_int(config, "model.width", allow_zero=True)
+    if config.model.width and config.model.name not in ("resnet18", "resnet50"):
+        raise _fail("model.width", config.model.width, "only resnet18 and resnet50 take a width; use 0")
 
     if known_datasets is None:
         from moon_jax.data import available_datasets

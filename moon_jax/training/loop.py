@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -23,14 +23,14 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from moon_jax import moon, sparse
-from moon_jax.data import epoch_batch_indices, steps_per_epoch
-from moon_jax.evaluation.evaluate import evaluate_model, format_results, headline
+from moon_jax.data import ImageDataset, epoch_batch_indices, steps_per_epoch
+from moon_jax.evaluation.evaluate import evaluate_model, format_results
+from moon_jax.evaluation.runner import averaged_model, evaluate_state, masked_density, method_name
 from moon_jax.models import create_model
 from moon_jax.moon.averaging import init_batch_stats_accumulator
 from moon_jax.sparse.leaves import SparsityRule
 from moon_jax.training.checkpoint import Checkpointer
 from moon_jax.training.config import validate_config
-from moon_jax.data import ImageDataset
 from moon_jax.training.input_pipeline import DeviceDataset, HostStreamDataset, RunData, load_run_data
 from moon_jax.training.reporting import MetricWriter, ProgressBar
 from moon_jax.training.trainer import TrainState, Trainer, find_averaging_state
@@ -65,7 +65,8 @@ def build_trainer(config: ml_collections.ConfigDict, num_train: int, num_classes
     total_steps = spe * config.train.epochs
     use_moon = bool(config.moon.enabled)
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-    model = create_model(config.model.name, moon.num_outputs(num_classes, use_moon), dtype=dtype)
+    model_kwargs = {"width": config.model.width} if config.model.width else {}
+    model = create_model(config.model.name, moon.num_outputs(num_classes, use_moon), dtype=dtype, **model_kwargs)
     schedule = sparse.UpdateSchedule(
         update_every=config.sparse.update_every,
         end_step=int(round(config.sparse.end_fraction * total_steps)),
@@ -146,23 +147,6 @@ def abstract_state(trainer: Trainer, image_shape) -> TrainState:
     return jax.eval_shape(lambda: trainer.init_state(jax.random.PRNGKey(0), image_shape))
 
 
-def averaged_model(state: TrainState):
-    """``(params, batch_stats, snapshots)`` of the weight-averaged model, or ``None``."""
-    avg = find_averaging_state(state.opt_state)
-    if avg is None or int(avg.count) == 0:
-        return None
-    return avg.average, state.averaged_batch_stats, int(avg.count)
-
-
-def evaluation_target(state: TrainState):
-    """The model to report: the weight average when it exists, else the last iterate."""
-    averaged = averaged_model(state)
-    if averaged is not None:
-        params, batch_stats, count = averaged
-        return params, batch_stats, f"weight average of {count} snapshots"
-    return state.params, state.batch_stats, f"last iterate (step {int(state.step)})"
-
-
 # ----------------------------------------------------------------------------- helpers
 def _refresh_averaged_batch_stats(state: TrainState, train: DeviceDataset, batch_size: int, seed: int, accumulate) -> TrainState:
     """Recomputes the averaged model's BatchNorm statistics with one pass over the train set.
@@ -204,11 +188,15 @@ def _write_config(workdir: Path, config) -> None:
 
 
 # ----------------------------------------------------------------------------- the run
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir, evaluate_at_end: bool = True) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir, evaluate_at_end: bool = True, stop_at_step: Optional[int] = None
+) -> dict:
     """Trains (resuming from ``workdir`` if a checkpoint is there), evaluates, writes results.
 
     Returns the final evaluation results (see :func:`moon_jax.evaluation.evaluate_logits`); they
-    are also written to ``<workdir>/eval.json`` and printed as a Markdown table.
+    are also written to ``<workdir>/eval.json`` and printed as a Markdown table. With
+    ``stop_at_step`` the run saves a checkpoint at that global step and returns ``{}`` (a later
+    call continues it).
     """
     workdir = Path(workdir)
     primary = jax.process_index() == 0
@@ -285,6 +273,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, evaluate_at_e
                     check_finite(state, step)
                     writer.write(step, "train", values)
                     bar.update(step, epoch, trainer.total_epochs, {k: values[k] for k in ("loss", "accuracy") if k in values})
+                if stop_at_step is not None and step >= stop_at_step and step < total:
+                    check_finite(state, step)
+                    save(state, step)
+                    _log(f"stopped at step {step} (stop_at_step); re-run to continue")
+                    return {}
                 if preempted["flag"]:
                     check_finite(state, step)
                     save(state, step)
@@ -319,29 +312,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, evaluate_at_e
     results = evaluate_state(trainer, state, data, config)
     if primary:
         (workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-        print(format_results(results, title=f"{config.data.dataset} / {config.model.name} / {_method_name(config)} ({results['model']})"))
+        print(format_results(results, title=f"{config.data.dataset} / {config.model.name} / {method_name(config)} ({results['model']})"))
     writer.close()
     return results
 
 
 def _is_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
-
-
-def _method_name(config) -> str:
-    name = config.sparse.method
-    if config.sparse.method != "dense":
-        name += f" {100 * config.sparse.sparsity:g}% {config.sparse.distribution}"
-    return ("MOON + " if config.moon.enabled else "") + name
 
 
 def _print_run_summary(config, data: RunData, trainer: Trainer, state: TrainState) -> None:
     plan = trainer.updater.plan
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     _log(
-        f"{_method_name(config)} | model {config.model.name} ({n_params:,} params, "
+        f"{method_name(config)} | model {config.model.name} ({n_params:,} params, "
         f"{trainer.model.num_outputs} outputs) | data {config.data.dataset}: {len(data.train)} train, "
         f"{len(data.test)} test, OOD {', '.join(f'{k} ({len(v)})' for k, v in data.ood.items()) or 'none'} | "
         f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps | devices: {jax.device_count()} x {jax.devices()[0].platform}"
@@ -373,32 +357,6 @@ def _periodic_eval(trainer: Trainer, state: TrainState, data: RunData, config, w
     writer.write(step, "eval", {"acc": cls["acc"], "ece": cls["ece"], "nll": cls["nll"]})
 
 
-def evaluate_state(trainer: Trainer, state: TrainState, data: RunData, config) -> dict:
-    """Full evaluation (ID + every OOD set) of the model a state reports."""
-    params, batch_stats, description = evaluation_target(state)
-    logits_fn = jax.jit(lambda images: trainer.logits(params, batch_stats, images))
-    results = evaluate_model(
-        logits_fn, data.test, data.ood, trainer.num_classes, config.train.eval_batch_size,
-        score_names=tuple(config.eval.scores) or None, ece_bins=config.eval.ece_bins,
-    )
-    results["model"] = description
-    results["step"] = int(state.step)
-    results["density"] = _density(state, params)
-    results["method"] = _method_name(config)
-    return results
-
-
-def _density(state: TrainState, params) -> dict:
-    """Measured density of the evaluated parameters over the masked layers."""
-    total = nonzero = 0
-    masks = jax.tree.leaves(state.sparse.masks, is_leaf=lambda x: x is None)
-    for mask, p in zip(masks, jax.tree.leaves(params)):
-        if mask is not None:
-            total += p.size
-            nonzero += int(np.count_nonzero(np.asarray(p)))
-    return {"masked_layers_nonzero_fraction": nonzero / total if total else 1.0, "masked_weights": total}
-
-
 def _check_average_density(trainer: Trainer, state: TrainState) -> None:
     """The average must have the final mask's support: no mask update after averaging began."""
     averaged = averaged_model(state)
@@ -415,5 +373,5 @@ def _check_average_density(trainer: Trainer, state: TrainState) -> None:
             f"the weight average has {outside} nonzero weights outside the final mask: a mask update "
             "happened after averaging started (config.sparse.end_fraction too large?)"
         )
-    density = _density(state, params)["masked_layers_nonzero_fraction"]
+    density = masked_density(state, params)["masked_layers_nonzero_fraction"]
     _log(f"weight average: {count} snapshots, all on the final mask; measured density of masked layers {density:.6f}")

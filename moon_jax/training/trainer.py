@@ -168,14 +168,26 @@ class Trainer:
 
     def _finalize(self, old: TrainState, new: TrainState, loss, grads, aux) -> tuple[TrainState, dict]:
         """Keeps the old state if the loss or a gradient is not finite; records the first bad step."""
-        finite = jnp.logical_and(jnp.isfinite(loss), jnp.isfinite(optax.global_norm(grads)))
+        finite = jnp.logical_and(jnp.isfinite(loss), jnp.isfinite(optax.tree.norm(grads)))
         guarded = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         nonfinite_step = jnp.where(
             jnp.logical_and(~finite, old.nonfinite_step < 0), old.step, old.nonfinite_step
         )
         guarded = guarded._replace(step=old.step + 1, nonfinite_step=nonfinite_step)
         metrics = dict(aux, loss=loss, lr=self.lr_schedule(old.step), finite=finite)
+        if self.updater.method != "dense":
+            metrics["density"] = self.masked_density(guarded.params, guarded.sparse.masks)
         return guarded, metrics
+
+    @staticmethod
+    def masked_density(params: PyTree, masks: PyTree) -> jax.Array:
+        """Share of nonzero weights over the masked layers (measured on the values)."""
+        nonzero = total = 0
+        for mask, p in zip(jax.tree.leaves(masks, is_leaf=lambda x: x is None), jax.tree.leaves(params)):
+            if mask is not None:
+                nonzero = nonzero + jnp.count_nonzero(p)
+                total += p.size
+        return jnp.asarray(nonzero, jnp.float32) / max(total, 1)
 
     # ------------------------------------------------------------------ steps
     def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:

@@ -17,6 +17,11 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
 define_config_flag(os.path.join(_HERE, "configs", "default.py"))
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results (default: runs/<config name>).")
+flags.DEFINE_bool(
+    "multihost", False,
+    "Call jax.distributed.initialize() first (TPU pods, multi-node GPU); also set by the "
+    "environment variable MOON_JAX_MULTIHOST=1.",
+)
 flags.DEFINE_integer(
     "stop_at_step", None,
     "Save a checkpoint and stop once this global step is reached (for time-limited sessions); "
@@ -28,9 +33,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_library_logs()
-    from moon_jax.programs import default_workdir
+    from moon_jax.programs import default_workdir, initialize_distributed
     from moon_jax.training import train_and_evaluate
 
+    initialize_distributed(FLAGS.multihost)
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
     train_and_evaluate(FLAGS.config, workdir, stop_at_step=FLAGS.stop_at_step)
 

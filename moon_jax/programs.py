@@ -21,6 +21,19 @@ def quiet_library_logs() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
+def initialize_distributed(requested: bool) -> None:
+    """``jax.distributed.initialize()`` when asked (flag or ``MOON_JAX_MULTIHOST=1``).
+
+    On TPU pods and Slurm/Kubernetes GPU clusters JAX finds the coordinator by itself; every
+    process then runs the same program, sees every device of the job, and process 0 alone writes
+    logs and results (orbax coordinates the checkpoint writes).
+    """
+    import jax
+
+    if requested or os.environ.get("MOON_JAX_MULTIHOST", "") not in ("", "0"):
+        jax.distributed.initialize()
+
+
 def default_workdir(config_path: str) -> str:
     """``runs/<config file name>`` for a config file path (``runs/default`` for the default)."""
     name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]

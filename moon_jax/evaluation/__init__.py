@@ -1,2 +1,17 @@
-"""Evaluation of trained models: ID accuracy and calibration, OOD detection, reports."""
-from moon_jax.evaluation.evaluate import evaluate_logits, evaluate_model, format_results, headline, predict_logits
+"""Evaluation of trained models: ID accuracy and calibration (with temperature scaling), OOD
+detection with every score (:mod:`~moon_jax.evaluation.postprocessors`), near/far-OOD groups,
+reports, plots (:mod:`~moon_jax.evaluation.plots`, imported on demand: it needs matplotlib) and
+the comparison of runs (:mod:`~moon_jax.evaluation.compare`)."""
+from moon_jax.evaluation.evaluate import (
+    EvalArrays,
+    ModelFunctions,
+    evaluate_full,
+    evaluate_logits,
+    evaluate_model,
+    flax_model_functions,
+    format_results,
+    headline,
+    model_functions,
+    predict_logits,
+    predict_outputs,
+)

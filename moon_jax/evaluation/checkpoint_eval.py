@@ -1,4 +1,5 @@
-"""eval.py's work: rebuild a run from its checkpoint and evaluate the model it saved."""
+"""eval.py's work: rebuild a run from its checkpoint, evaluate the model it saved, write eval.json
+and the plots next to it."""
 from __future__ import annotations
 
 import json
@@ -8,11 +9,14 @@ from typing import Optional, Sequence
 import jax
 import ml_collections
 
+from moon_jax.evaluation import postprocessors as pp
 from moon_jax.evaluation.evaluate import format_results
+from moon_jax.evaluation.plots import write_plots
 from moon_jax.training.checkpoint import CheckpointError, Checkpointer
-from moon_jax.training.config import base_config
+from moon_jax.training.config import ConfigError, base_config
 from moon_jax.evaluation.runner import evaluate_state, method_name
-from moon_jax.training.loop import abstract_state, build_run
+from moon_jax.training.loop import Shardings, abstract_state, build_run
+from moon_jax.training.reporting import read_metrics
 
 
 def config_from_dict(values: dict) -> ml_collections.ConfigDict:
@@ -56,8 +60,17 @@ def evaluate_workdir(
     batch_size: Optional[int] = None,
     step: Optional[int] = None,
     output: Optional[str] = None,
+    plots: bool = True,
+    train_examples: int = pp.TRAIN_FEATURE_EXAMPLES,
+    verbose: bool = True,
 ) -> dict:
-    """Evaluates the checkpoint (latest, or ``step``) of a training workdir; prints and saves."""
+    """Evaluates the checkpoint (latest, or ``step``) of a training workdir; prints and saves.
+
+    Writes the results to ``output`` (default ``<workdir>/eval.json``) and, unless ``plots`` is
+    false, the PNGs of :mod:`moon_jax.evaluation.plots` into the same directory (the training
+    curves from ``<workdir>/metrics.jsonl``); ``results['plots']`` lists the files written.
+    ``verbose``: print the Markdown report.
+    """
     workdir = Path(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise CheckpointError(
@@ -73,13 +86,26 @@ def evaluate_workdir(
     if batch_size is not None:
         config.train.eval_batch_size = batch_size
     data, trainer = build_run(config)
+    try:
+        pp.validate_scores(config.eval.scores, trainer.model.num_outputs == trainer.num_classes + 1)
+    except ValueError as err:
+        raise ConfigError(f"--scores: {err}") from None
     checkpointer = Checkpointer(workdir)
-    state, _ = checkpointer.restore(abstract_state(trainer, data.image_shape), config, step)
-    results = evaluate_state(trainer, state, data, config)
+    replicated = Shardings(trainer.mesh).replicated
+    state, _ = checkpointer.restore(abstract_state(trainer, data.image_shape, replicated), config, step)
+    results, arrays = evaluate_state(trainer, state, data, config, return_arrays=True, train_examples=train_examples)
     results["checkpoint_step"] = int(state.step)
+    results["plots"] = []
     if jax.process_index() == 0:
         path = Path(output) if output else workdir / "eval.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        title = f"{config.data.dataset} / {config.model.name} / {method_name(config)} ({results['model']})"
+        if plots:
+            results["plots"] = write_plots(path.parent, results, arrays, read_metrics(workdir), title)
         path.write_text(json.dumps(results, indent=2) + "\n")
-        print(format_results(results, title=f"{config.data.dataset} / {config.model.name} / {method_name(config)} ({results['model']})"))
-        print(f"\nwritten to {path}")
+        if verbose:
+            print(format_results(results, title=title))
+            print(f"\nwritten to {path}")
+            if results["plots"]:
+                print(f"plots in {path.parent}: {', '.join(results['plots'])}")
     return results

@@ -1,11 +1,12 @@
 """Evaluation of a training state: which model to report (the weight average or the last
-iterate), its measured density, and the full ID + OOD evaluation."""
+iterate), its measured and per-layer density, and the full ID + OOD evaluation with every score."""
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from moon_jax.evaluation.evaluate import evaluate_model
+from moon_jax.evaluation import postprocessors as pp
+from moon_jax.evaluation.evaluate import ModelFunctions, evaluate_full, model_functions
 from moon_jax.training.input_pipeline import RunData
 from moon_jax.training.trainer import TrainState, Trainer, find_averaging_state
 
@@ -35,19 +36,57 @@ def evaluation_target(state: TrainState):
     return state.params, state.batch_stats, f"last iterate (step {int(state.step)})"
 
 
-def evaluate_state(trainer: Trainer, state: TrainState, data: RunData, config) -> dict:
-    """Full evaluation (ID + every OOD set) of the model a state reports."""
+def state_model_functions(trainer: Trainer, params, batch_stats) -> ModelFunctions:
+    """The evaluated model's device functions through the trainer's own preprocessing and
+    forward pass (``Trainer.logits``, ``Trainer.preprocess``, ``model.apply``)."""
+    variables = trainer._variables(params, batch_stats)
+    return model_functions(
+        outputs=lambda images: trainer.logits(params, batch_stats, images, return_features=True),
+        preprocess=lambda images: trainer.preprocess(images, None),
+        apply=lambda x: trainer.model.apply(variables, x, train=False),
+        head=params["head"],
+        std=trainer.std,
+        num_known=trainer.num_classes,
+        mesh=trainer.mesh,
+    )
+
+
+def layer_density(trainer: Trainer, state: TrainState) -> dict:
+    """Mask density of every sparsifiable layer (1.0 for a layer the distribution kept dense)."""
+    return trainer.updater.layer_density_report(state.params, state.sparse.masks)
+
+
+def evaluate_state(
+    trainer: Trainer,
+    state: TrainState,
+    data: RunData,
+    config,
+    return_arrays: bool = False,
+    train_examples: int = pp.TRAIN_FEATURE_EXAMPLES,
+):
+    """Full evaluation (ID + every OOD set, every score) of the model a state reports.
+
+    Scores: ``config.eval.scores``, or every score that applies
+    (:func:`postprocessors.default_scores`). Adds to the results of
+    :func:`moon_jax.evaluation.evaluate_full` the keys ``model`` (which model), ``step``,
+    ``density`` (measured), ``layer_density`` (per layer, of the masks), ``method``,
+    ``dataset`` and ``architecture``. With ``return_arrays`` returns ``(results, EvalArrays)``.
+    """
     params, batch_stats, description = evaluation_target(state)
-    logits_fn = jax.jit(lambda images: trainer.logits(params, batch_stats, images))
-    results = evaluate_model(
-        logits_fn, data.test, data.ood, trainer.num_classes, config.train.eval_batch_size,
+    results, arrays = evaluate_full(
+        state_model_functions(trainer, params, batch_stats),
+        data.train, data.test, data.ood, trainer.num_classes, config.train.eval_batch_size,
         score_names=tuple(config.eval.scores) or None, ece_bins=config.eval.ece_bins,
+        train_examples=train_examples,
     )
     results["model"] = description
     results["step"] = int(state.step)
     results["density"] = masked_density(state, params)
+    results["layer_density"] = layer_density(trainer, state)
     results["method"] = method_name(config)
-    return results
+    results["dataset"] = config.data.dataset
+    results["architecture"] = config.model.name
+    return (results, arrays) if return_arrays else results
 
 
 def masked_density(state: TrainState, params) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from scipy.optimize import brentq
 
 __all__ = [
     "DEFAULT_ECE_BINS",
@@ -34,7 +35,21 @@ __all__ = [
     "negative_log_likelihood",
     "brier_score",
     "classification_metrics",
+    "top1_confidence",
+    "TEMPERATURE_FIT_FRACTION",
+    "TEMPERATURE_SPLIT_SEED",
+    "temperature_nll_gradient",
+    "fit_temperature",
+    "temperature_split",
+    "temperature_scaling",
 ]
+
+#: Share of the ID test set that temperature scaling is fitted on (the rest is evaluated).
+TEMPERATURE_FIT_FRACTION = 0.2
+#: Seed of the fixed random fit / evaluation split of the ID test set.
+TEMPERATURE_SPLIT_SEED = 0
+#: Range searched for the temperature (the fit stops at a bound if the optimum lies beyond).
+TEMPERATURE_BOUNDS = (0.01, 100.0)
 
 #: Number of ECE bins of moon-jax's default ECE (Guo et al. 2017).
 DEFAULT_ECE_BINS = 15
@@ -379,4 +394,133 @@ def classification_metrics(
         "acc_reference": float(np.mean(correct_all)),
         "ece_reference": reference_ece(conf_all, correct_all, REFERENCE_ECE_BINS),
         "unknown_rate": float(np.mean(np.argmax(z, axis=1) >= k)),
+    }
+
+
+def top1_confidence(logits, labels, num_known: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(confidence, correct)`` of the K-class classifier, the inputs of a reliability diagram.
+
+    Confidence = max of the float64 softmax of the first K logits; correct = argmax of the
+    first K logits equals the label -- the quantities behind ``ece`` of
+    :func:`classification_metrics`.
+    """
+    z = _as_2d_float64(logits, "logits")
+    k = z.shape[1] if num_known is None else int(num_known)
+    y = _as_labels(labels, z.shape[0], k)
+    logp = log_softmax64(z[:, :k])
+    pred = np.argmax(z[:, :k], axis=1)
+    return np.exp(logp[np.arange(z.shape[0]), pred]), pred == y
+
+
+# ---------------------------------------------------------------------------------------
+# temperature scaling (Guo et al. 2017)
+# ---------------------------------------------------------------------------------------
+
+
+def temperature_nll_gradient(logits, labels, inverse_temperature: float) -> float:
+    """d NLL / d beta of the logits scaled by ``beta = 1 / T``.
+
+    NLL(beta) = mean_i [logsumexp(beta z_i) - beta z_{i, y_i}] is convex in beta (a log-sum-exp
+    of linear functions minus a linear one), and its derivative mean_i [E_{p_beta}[z_i] -
+    z_{i, y_i}] is non-decreasing, so the minimiser is the unique root of this function.
+    """
+    z = _as_2d_float64(logits, "logits")
+    y = _as_labels(labels, z.shape[0], z.shape[1])
+    p = np.exp(log_softmax64(float(inverse_temperature) * z))
+    return float(np.mean(np.sum(p * z, axis=1) - z[np.arange(z.shape[0]), y]))
+
+
+def fit_temperature(logits, labels, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The temperature T > 0 minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017).
+
+    Temperature scaling ("On Calibration of Modern Neural Networks", ICML 2017) is the
+    one-parameter post-hoc calibration that papers compare against: it changes confidences but
+    not predictions (accuracy is unchanged). Guo et al. fit T with L-BFGS on a validation set;
+    here the NLL is minimised exactly in beta = 1/T, where it is convex, by finding the root of
+    its derivative (:func:`temperature_nll_gradient`) with Brent's method. If the minimum lies
+    outside ``bounds`` (e.g. a training set classified perfectly, where the NLL keeps falling
+    as T -> 0), the nearest bound is returned.
+
+    Args:
+      logits: (N, C) logits of the classifier to calibrate (pass the first K of a K+1 model).
+      labels: (N,) ints in [0, C).
+      bounds: (T_min, T_max) searched.
+
+    Returns:
+      The fitted temperature as a float.
+    """
+    z = _as_2d_float64(logits, "logits")
+    y = _as_labels(labels, z.shape[0], z.shape[1])
+    t_min, t_max = (float(b) for b in bounds)
+    if not 0.0 < t_min < t_max:
+        raise ValueError(f"bounds must satisfy 0 < T_min < T_max; got {bounds}")
+    beta_lo, beta_hi = 1.0 / t_max, 1.0 / t_min
+    g_lo = temperature_nll_gradient(z, y, beta_lo)
+    g_hi = temperature_nll_gradient(z, y, beta_hi)
+    if g_lo >= 0.0:
+        return t_max
+    if g_hi <= 0.0:
+        return t_min
+    beta = brentq(lambda b: temperature_nll_gradient(z, y, b), beta_lo, beta_hi, xtol=1e-14, rtol=1e-14, maxiter=200)
+    return float(1.0 / beta)
+
+
+def temperature_split(
+    num_examples: int, fit_fraction: float = TEMPERATURE_FIT_FRACTION, seed: int = TEMPERATURE_SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random ``(fit, evaluate)`` split of ``range(num_examples)``, both sorted.
+
+    ``round(fit_fraction * N)`` indices (at least 1, leaving at least 1) are drawn with
+    ``np.random.default_rng(seed).permutation``; the others are the evaluation part.
+    """
+    n = int(num_examples)
+    if n < 2:
+        raise ValueError(f"temperature scaling needs at least 2 examples; got {n}")
+    if not 0.0 < fit_fraction < 1.0:
+        raise ValueError(f"fit_fraction must be in (0, 1); got {fit_fraction}")
+    n_fit = min(max(int(round(fit_fraction * n)), 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:n_fit]), np.sort(perm[n_fit:])
+
+
+def temperature_scaling(
+    logits,
+    labels,
+    num_known: int | None = None,
+    fit_fraction: float = TEMPERATURE_FIT_FRACTION,
+    seed: int = TEMPERATURE_SPLIT_SEED,
+    n_bins: int = DEFAULT_ECE_BINS,
+) -> dict:
+    """Temperature scaling as a calibration baseline, fitted and evaluated on disjoint ID images.
+
+    The ID test set is split once at random (:func:`temperature_split`: ``fit_fraction`` = 20%
+    to fit T, the other 80% to evaluate); T is fitted by :func:`fit_temperature` on the first K
+    logits of the fit part; ACC / ECE / NLL / Brier of the model before and after scaling are
+    both measured on the evaluation part, so the two rows are on the same images (they differ
+    from the full-test-set numbers of :func:`classification_metrics`).
+
+    Returns:
+      ``{'temperature', 'fit_fraction', 'seed', 'num_fit', 'num_eval', 'uncalibrated':
+      {acc, ece, nll, brier}, 'calibrated': {acc, ece, nll, brier}}`` (fractions).
+    """
+    z = _as_2d_float64(logits, "logits")
+    k = z.shape[1] if num_known is None else int(num_known)
+    zk = z[:, :k]
+    y = _as_labels(labels, z.shape[0], k)
+    fit, evaluate = temperature_split(z.shape[0], fit_fraction, seed)
+    t = fit_temperature(zk[fit], y[fit])
+    keys = ("acc", "ece", "nll", "brier")
+
+    def summary(x):
+        m = classification_metrics(x, y[evaluate], n_bins=n_bins)
+        return {key: m[key] for key in keys}
+
+    return {
+        "temperature": t,
+        "fit_fraction": float(fit_fraction),
+        "seed": int(seed),
+        "num_fit": int(fit.size),
+        "num_eval": int(evaluate.size),
+        "uncalibrated": summary(zk[evaluate]),
+        "calibrated": summary(zk[evaluate] / t),
     }

@@ -25,7 +25,19 @@ __all__ = [
     "ood_metrics",
     "ood_table_mean",
     "group_means",
+    "NEAR_OOD_SETS",
+    "ood_group",
+    "ood_groups",
 ]
+
+#: OOD sets counted as **near-OOD**; every other OOD set is far-OOD. OpenOOD v1.5's CIFAR
+#: benchmarks (``openood/evaluation_api/datasets.py``): for ID CIFAR-10 near = {CIFAR-100,
+#: TinyImageNet}, for ID CIFAR-100 near = {CIFAR-10, TinyImageNet}; far = {MNIST, SVHN, Textures,
+#: Places365}. Here ``tin_resize`` is the resized TinyImageNet; ``cifar10`` is an OOD set only when
+#: the ID set is another dataset (CIFAR-100). Everything else -- ``mnist``, ``textures_subset``,
+#: TFDS ``svhn_cropped`` / ``dtd`` / ``places365_small``, the noise sets, ``digits_photos`` -- is
+#: far-OOD. A ``tfds:`` prefix is ignored.
+NEAR_OOD_SETS = ("tin_resize", "cifar100", "cifar10")
 
 #: One-line description of the default convention, for table captions.
 CONVENTION_CAPTION = (
@@ -179,3 +191,21 @@ def group_means(
             raise KeyError(f"group {group!r}: no results for {missing}")
         out[group] = ood_table_mean({m: results[m] for m in members})
     return out
+
+
+def ood_group(name: str) -> str:
+    """``'near'`` or ``'far'``: the OpenOOD group of the OOD set ``name`` (:data:`NEAR_OOD_SETS`)."""
+    base = name[len("tfds:"):] if name.startswith("tfds:") else name
+    return "near" if base in NEAR_OOD_SETS else "far"
+
+
+def ood_groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """The non-empty groups of ``names``: ``{'near': [...], 'far': [...]}`` in the given order.
+
+    A group with no member is left out (so :func:`group_means` never sees an empty group); the
+    digits job's OOD sets, for instance, are all far-OOD.
+    """
+    out: dict[str, list[str]] = {"near": [], "far": []}
+    for name in names:
+        out[ood_group(name)].append(name)
+    return {group: members for group, members in out.items() if members}

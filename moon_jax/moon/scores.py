@@ -1,17 +1,29 @@
-"""OOD scores for a K+1 MOON model and for plain K-class models (higher = more in-distribution).
+"""OOD scores read off the logits alone, for K+1 MOON models and plain K-class models.
 
-All scores are computed on the host in float64 from the logits: a float32 softmax saturates at
-exactly 1.0 for confident sparse networks, and the resulting ties distort FPR@95
-(``ood_evaluation_notes.md``, section 1.1).
+Every score is "higher = more in-distribution" and is computed on the host in float64: a float32
+softmax saturates at exactly 1.0 for confident sparse networks, and the resulting ties distort
+FPR@95 (``ood_evaluation_notes.md``, section 1.1). For a K+1 model every score except
+``moon_msp`` and ``known_probability`` uses the first K logits only (the unknown output left
+out), so that the same score means the same thing for a MOON model and for its baseline.
 
 * :func:`moon_msp` (the default for MOON, as the reference evaluates it,
   ``openood/postprocessors/base_postprocessor.py``): the softmax over all K+1 outputs, then the
   maximum over the first K. The unknown output works by taking probability mass from the known
   classes.
-* :func:`msp`: maximum softmax probability over the first K logits alone (Hendrycks & Gimpel
-  2017); for a plain K-class model this is the standard MSP.
+* :func:`msp`: maximum softmax probability of the first K logits (Hendrycks & Gimpel 2017, "A
+  Baseline for Detecting Misclassified and Out-of-Distribution Examples in Neural Networks",
+  ICLR; OpenOOD ``msp``); for a plain K-class model this is the standard MSP.
 * :func:`known_probability`: ``1 - p_unknown`` of the softmax over K+1.
-* :func:`energy`: ``T * logsumexp(z_1..K / T)`` over the first K logits (Liu et al. 2020), T=1.
+* :func:`max_logit`: the largest of the first K logits (Hendrycks et al. 2022, "Scaling
+  Out-of-Distribution Detection for Real-World Settings", ICML; OpenOOD ``mls``).
+* :func:`energy`: ``T * logsumexp(z_1..K / T)`` over the first K logits, T = 1 (Liu et al. 2020,
+  "Energy-based Out-of-distribution Detection", NeurIPS; OpenOOD ``ebo``).
+* :func:`msp_at_temperature`: max of ``softmax(z_1..K / T)``; ODIN's score once its input
+  perturbation is done (:mod:`moon_jax.evaluation.postprocessors`).
+
+Scores that need the network itself (ODIN) or its penultimate features (Mahalanobis, KNN,
+ReAct) live in :mod:`moon_jax.evaluation.postprocessors`, which also holds the registry of every
+score name.
 
 The predicted class is always the argmax over the first K logits (:func:`predict`).
 """
@@ -21,7 +33,10 @@ import numpy as np
 
 from moon_jax.metrics.calibration import log_softmax64 as log_softmax
 
+#: The scores of the MOON paper's evaluation (kept as the historic default set).
 MOON_SCORES = ("moon_msp", "msp", "known_probability", "energy")
+#: Every score computed from the logits alone.
+LOGIT_SCORES = MOON_SCORES + ("max_logit",)
 
 
 def _as64(logits) -> np.ndarray:
@@ -41,12 +56,26 @@ def msp(logits, num_known: int) -> np.ndarray:
     return np.exp(log_softmax(_as64(logits)[:, :num_known]).max(axis=1))
 
 
+def msp_at_temperature(logits, num_known: int, temperature: float) -> np.ndarray:
+    """max of ``softmax(z_1..K / T)``: MSP of temperature-scaled logits (ODIN's final score).
+
+    At ODIN's T = 1000 every probability is close to 1/K, so the score must be computed in
+    float64 from the logits (float32 probabilities would tie).
+    """
+    return np.exp(log_softmax(_as64(logits)[:, :num_known] / float(temperature)).max(axis=1))
+
+
 def known_probability(logits, num_known: int) -> np.ndarray:
     """``1 - p_unknown`` with the softmax over all K+1 outputs (needs a K+1 model)."""
     x = _as64(logits)
     if x.shape[1] != num_known + 1:
         raise ValueError(f"known_probability needs K+1 = {num_known + 1} outputs, got {x.shape[1]}")
     return -np.expm1(log_softmax(x)[:, -1])
+
+
+def max_logit(logits, num_known: int) -> np.ndarray:
+    """MaxLogit: the largest of the first K logits (no softmax, so it does not saturate)."""
+    return _as64(logits)[:, :num_known].max(axis=1)
 
 
 def energy(logits, num_known: int, temperature: float = 1.0) -> np.ndarray:
@@ -61,14 +90,28 @@ def predict(logits, num_known: int) -> np.ndarray:
     return _as64(logits)[:, :num_known].argmax(axis=1)
 
 
+_FUNCTIONS = {
+    "moon_msp": moon_msp,
+    "msp": msp,
+    "known_probability": known_probability,
+    "energy": energy,
+    "max_logit": max_logit,
+}
+
+
 def score(name: str, logits, num_known: int) -> np.ndarray:
-    """The score called ``name`` (one of :data:`MOON_SCORES`)."""
-    functions = {"moon_msp": moon_msp, "msp": msp, "known_probability": known_probability, "energy": energy}
-    if name not in functions:
-        raise ValueError(f"unknown score {name!r}; allowed: {', '.join(MOON_SCORES)}")
-    return functions[name](logits, num_known)
+    """The logit score called ``name`` (one of :data:`LOGIT_SCORES`)."""
+    if name not in _FUNCTIONS:
+        raise ValueError(f"unknown logit score {name!r}; allowed: {', '.join(LOGIT_SCORES)}")
+    return _FUNCTIONS[name](logits, num_known)
 
 
 def default_scores(has_unknown: bool) -> tuple[str, ...]:
-    """Scores reported by default: all four for a K+1 model, MSP and energy otherwise."""
-    return MOON_SCORES if has_unknown else ("msp", "energy")
+    """Logit scores reported by default; the first one is the primary score.
+
+    K+1 (MOON) model: ``moon_msp`` first (the reference's score), then MSP, 1 - p_unknown,
+    MaxLogit, energy. Plain K model: MSP, MaxLogit, energy.
+    """
+    if has_unknown:
+        return ("moon_msp", "msp", "known_probability", "max_logit", "energy")
+    return ("msp", "max_logit", "energy")

@@ -36,7 +36,7 @@ OPERATIONAL_FIELDS = (
     "train.checkpoints_to_keep",
     "train.progress_bar",
     "eval",
-    "multihost",
+    "train.exact_reduction",
 )
 
 

@@ -65,6 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every_epochs = 1
     c.train.checkpoints_to_keep = 2
     c.train.progress_bar = True
+    c.train.batch_shards = 0  # BatchNorm/gradient shards of the global batch; 0 = one per device
+    c.train.exact_reduction = False  # average shards in a fixed order: bit-identical on any device count
 
     c.sparse = ml_collections.ConfigDict()
     c.sparse.method = "rigl"  # dense | static | set | rigl
@@ -212,7 +214,7 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
         check_dataset("data.ood_datasets", name)
     _check_choice(config, "data.source", DATA_SOURCES)
     _check_choice(config, "data.augment", AUGMENTATIONS)
-    for field in ("data.stream_train", "data.random_resized_crop", "moon.enabled", "train.nesterov",
+    for field in ("data.stream_train", "data.random_resized_crop", "moon.enabled", "train.nesterov", "train.exact_reduction",
                   "train.progress_bar", "sparse.dense_first_layer", "sparse.dense_last_layer"):
         if not isinstance(_get(config, field), bool):
             raise _fail(field, _get(config, field), "must be True or False")
@@ -240,6 +242,14 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     for field, size in (("train.batch_size", config.train.batch_size), ("train.eval_batch_size", config.train.eval_batch_size)):
         if size % num_devices:
             raise _fail(field, size, f"must be divisible by the number of devices ({num_devices})")
+    _check_positive_int(config, "train.batch_shards", allow_zero=True)
+    shards = config.train.batch_shards or num_devices
+    if shards % num_devices:
+        raise _fail("train.batch_shards", config.train.batch_shards,
+                    f"must be a multiple of the number of devices ({num_devices}), or 0 for one per device")
+    if config.train.batch_size % shards:
+        raise _fail("train.batch_shards", config.train.batch_shards,
+                    f"must divide train.batch_size = {config.train.batch_size}")
 
     _check_choice(config, "sparse.method", METHODS)
     _check_choice(config, "sparse.distribution", DISTRIBUTIONS)

@@ -119,6 +119,16 @@ def load_run_data(config, with_ood: bool = True) -> RunData:
     return RunData(train=train, test=test, ood=ood, num_classes=num_classes, mean=mean, std=std)
 
 
+def to_global(array: np.ndarray, sharding) -> jax.Array:
+    """A host array (identical on every process) as a global array with ``sharding``.
+
+    Works with one process and with many (multi-host TPU pods): each process fills only the
+    shards of its own devices.
+    """
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 class DeviceDataset:
     """A dataset held on the device(s) with a jitted batch gather.
 
@@ -129,8 +139,8 @@ class DeviceDataset:
 
     def __init__(self, dataset: ImageDataset, replicated, batch_sharding):
         self.size = len(dataset)
-        self.images = jax.device_put(dataset.images, replicated)
-        self.labels = jax.device_put(dataset.labels, replicated)
+        self.images = to_global(dataset.images, replicated)
+        self.labels = to_global(dataset.labels, replicated)
         self._replicated = replicated
         self._gather = jax.jit(
             lambda images, labels, idx: (jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)),
@@ -138,8 +148,7 @@ class DeviceDataset:
         )
 
     def batch(self, indices: np.ndarray):
-        idx = jax.device_put(np.asarray(indices, np.int32), self._replicated)
-        return self._gather(self.images, self.labels, idx)
+        return self._gather(self.images, self.labels, to_global(np.asarray(indices, np.int32), self._replicated))
 
     def epoch_batches(self, indices: np.ndarray, first: int, epoch: int) -> Iterator:
         """Batches for rows ``first..`` of an epoch's index matrix."""
@@ -167,13 +176,18 @@ class HostStreamDataset:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
 
     def _read(self, row: np.ndarray, epoch: Optional[int]):
+        """Reads this process's part of a global batch row (all of it with one process)."""
+        part = len(row) // jax.process_count()
+        row = row[jax.process_index() * part:(jax.process_index() + 1) * part]
         crop_seed = self._seed * 100_003 + epoch if (self._random_crops and epoch is not None) else None
-        images, labels = self.source.get_batch(row, crop_seed=crop_seed)
-        return images, labels
+        return self.source.get_batch(row, crop_seed=crop_seed)
 
     def _to_device(self, host_batch):
         images, labels = host_batch
-        return jax.device_put(images, self._sharding), jax.device_put(labels, self._sharding)
+        return (
+            jax.make_array_from_process_local_data(self._sharding, images),
+            jax.make_array_from_process_local_data(self._sharding, labels),
+        )
 
     def batch(self, indices: np.ndarray, epoch: Optional[int] = None):
         return self._to_device(self._read(np.asarray(indices), epoch))

@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from moon_jax import moon, sparse
 from moon_jax.data import ImageDataset, epoch_batch_indices, steps_per_epoch
-from moon_jax.evaluation.evaluate import evaluate_model, format_results
+from moon_jax.evaluation.evaluate import evaluate_model, format_results, on_devices
 from moon_jax.evaluation.runner import averaged_model, evaluate_state, masked_density, method_name
 from moon_jax.models import create_model
 from moon_jax.moon.averaging import init_batch_stats_accumulator
@@ -54,8 +54,13 @@ def _log(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- construction
-def build_trainer(config: ml_collections.ConfigDict, num_train: int, num_classes: int, image_shape, mean, std) -> Trainer:
-    """The :class:`Trainer` a config describes, for a training set of ``num_train`` images."""
+def build_trainer(
+    config: ml_collections.ConfigDict, num_train: int, num_classes: int, image_shape, mean, std, mesh: Optional[Mesh] = None
+) -> Trainer:
+    """The :class:`Trainer` a config describes, for a training set of ``num_train`` images.
+
+    ``mesh``: the devices the batch is split over (``None``: the default device only).
+    """
     spe = steps_per_epoch(num_train, config.train.batch_size)
     if spe == 0:
         raise ValueError(
@@ -121,30 +126,36 @@ def build_trainer(config: ml_collections.ConfigDict, num_train: int, num_classes
         dropconnect_rate=float(config.moon.dropconnect_rate) if use_moon else 0.0,
         lr_schedule=lr,
         rule=rule,
+        num_shards=config.train.batch_shards or (mesh.size if mesh is not None else 1),
+        mesh=mesh,
+        exact_reduction=config.train.exact_reduction,
     )
 
 
 def build_run(config: ml_collections.ConfigDict, with_ood: bool = True):
-    """Validates the config, loads the data, builds the trainer: ``(data, trainer)``."""
+    """Validates the config, loads the data, builds the trainer over every device: ``(data, trainer)``."""
     validate_config(config, num_devices=jax.device_count())
     data = load_run_data(config, with_ood=with_ood)
-    trainer = build_trainer(config, len(data.train), data.num_classes, data.image_shape, data.mean, data.std)
+    mesh = Shardings().mesh
+    trainer = build_trainer(config, len(data.train), data.num_classes, data.image_shape, data.mean, data.std, mesh)
     return data, trainer
 
 
 class Shardings:
     """Data parallelism over every device: a 1-D mesh, batch split, state replicated."""
 
-    def __init__(self, devices=None):
-        devices = np.asarray(devices if devices is not None else jax.devices())
-        self.mesh = Mesh(devices, ("data",))
+    def __init__(self, mesh: Optional[Mesh] = None):
+        self.mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch = NamedSharding(self.mesh, PartitionSpec("data"))
 
 
-def abstract_state(trainer: Trainer, image_shape) -> TrainState:
-    """Shapes and dtypes of a fresh state (for restoring a checkpoint into)."""
-    return jax.eval_shape(lambda: trainer.init_state(jax.random.PRNGKey(0), image_shape))
+def abstract_state(trainer: Trainer, image_shape, sharding=None) -> TrainState:
+    """Shapes and dtypes (and ``sharding``, if given) of a fresh state, to restore into."""
+    shapes = jax.eval_shape(lambda: trainer.init_state(jax.random.PRNGKey(0), image_shape))
+    if sharding is None:
+        return shapes
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -203,27 +214,28 @@ def train_and_evaluate(
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
     data, trainer = build_run(config)
-    shard = Shardings()
+    shard = Shardings(trainer.mesh)
     checkpointer = Checkpointer(workdir, config.train.checkpoints_to_keep)
     writer = MetricWriter(workdir, enabled=primary)
 
     image_shape = data.image_shape
     latest = checkpointer.latest_step()
     if latest is None:
-        state = jax.jit(lambda key: trainer.init_state(key, image_shape))(jax.random.PRNGKey(config.seed))
+        init = jax.jit(lambda key: trainer.init_state(key, image_shape), out_shardings=shard.replicated)
+        state = init(jax.random.PRNGKey(config.seed))
         if primary:
             _write_config(workdir, config)
         _log(f"new run in {workdir}")
     else:
-        state, meta = checkpointer.restore(abstract_state(trainer, image_shape), config)
+        state, meta = checkpointer.restore(abstract_state(trainer, image_shape, shard.replicated), config)
         _log(f"resuming {workdir} from the checkpoint at step {latest} (epoch {meta.get('epoch', '?')})")
         if primary:
             _truncate_metrics_log(workdir, latest)
-    state = jax.device_put(state, shard.replicated)
     _print_run_summary(config, data, trainer, state)
 
-    train_step = jax.jit(trainer.train_step, donate_argnums=0)
-    mask_step = jax.jit(trainer.mask_update_step, donate_argnums=0)
+    state_out = (shard.replicated, shard.replicated)
+    train_step = jax.jit(trainer.train_step, donate_argnums=0, out_shardings=state_out)
+    mask_step = jax.jit(trainer.mask_update_step, donate_argnums=0, out_shardings=state_out)
     accumulate = jax.jit(trainer.accumulate_batch_stats)
     if isinstance(data.train, ImageDataset):
         train_data = DeviceDataset(data.train, shard.replicated, shard.batch)
@@ -351,7 +363,7 @@ def _print_run_summary(config, data: RunData, trainer: Trainer, state: TrainStat
 
 
 def _periodic_eval(trainer: Trainer, state: TrainState, data: RunData, config, writer: MetricWriter, step: int) -> None:
-    logits_fn = jax.jit(lambda images: trainer.logits(state.params, state.batch_stats, images))
+    logits_fn = on_devices(lambda images: trainer.logits(state.params, state.batch_stats, images), trainer.mesh)
     results = evaluate_model(logits_fn, data.test, {}, trainer.num_classes, config.train.eval_batch_size, ece_bins=config.eval.ece_bins)
     cls = results["classification"]
     writer.write(step, "eval", {"acc": cls["acc"], "ece": cls["ece"], "nll": cls["nll"]})

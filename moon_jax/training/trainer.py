@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax.sharding import Mesh, PartitionSpec
+
 from moon_jax import moon, sparse
 from moon_jax.data.augment import augment_batch, normalize
 from moon_jax.models import BN_MOMENTUM
@@ -56,6 +58,13 @@ class TrainState(NamedTuple):
     nonfinite_step: jax.Array
 
 
+def _average_shards(stacked: jax.Array) -> jax.Array:
+    """Mean over the leading (shard) axis for floats; the first shard's value for integers."""
+    if jnp.issubdtype(stacked.dtype, jnp.floating):
+        return jnp.mean(stacked, axis=0)
+    return stacked[0]
+
+
 def find_averaging_state(opt_state: PyTree) -> Optional[AveragingState]:
     """The :class:`AveragingState` inside an optimizer state, or ``None``."""
     found = [
@@ -85,6 +94,16 @@ class Trainer:
       dropconnect_rate: CigL random-mask rate (0: off).
       lr_schedule: learning rate as a function of the global iteration.
       rule: which leaves are sparsifiable (DropConnect acts on them).
+      num_shards: the global batch is split into this many equal shards; each shard has its own
+        BatchNorm statistics and gradient (per-device BatchNorm, as in data-parallel training),
+        and the shards' gradients, BatchNorm statistics, MOON statistics and metrics are
+        averaged. The result depends on ``num_shards``, not on the number of devices.
+      mesh: the devices the shards are spread over (a 1-D mesh with axis ``data``); ``None``
+        runs every shard on the default device.
+      exact_reduction: compute every shard with one compiled loop body and average the shards
+        in a fixed order (all-gather, then one sum), so that any number of devices gives
+        bit-identical gradients; costs ``devices x`` gradient bytes of communication instead of
+        an all-reduce's ~2x, and a loop over shards where a device holds several.
     """
 
     model: nn.Module
@@ -102,6 +121,9 @@ class Trainer:
     dropconnect_rate: float
     lr_schedule: Callable[[Any], Any]
     rule: SparsityRule = SparsityRule()
+    num_shards: int = 1
+    mesh: Optional[Mesh] = None
+    exact_reduction: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -166,6 +188,58 @@ class Trainer:
         (loss, (batch_stats, moon_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(forward_params)
         return loss, grads, batch_stats, moon_state, aux
 
+    def _sharded_loss_and_grads(self, state: TrainState, forward_params, images, labels, rng):
+        """:meth:`_loss_and_grads` per batch shard, averaged over the shards.
+
+        Each device computes its shards with the same per-shard computation, so splitting the
+        shards over more devices changes nothing but speed.
+        Floating-point results (loss, gradients, BatchNorm statistics, MOON's EWMA and alpha,
+        metrics) are averaged over shards; integer ones (MOON's epoch counters) agree across
+        shards and are taken from the first. MOON's EWMA and alpha are linear in the batch
+        statistic, so the average of the shards' new states is the state of the averaged
+        statistic.
+        """
+        mesh = self.mesh if self.mesh is not None and self.mesh.size > 1 else None  # 1 device: no collectives
+        devices = 1 if mesh is None else mesh.size
+        if self.num_shards % devices or images.shape[0] % self.num_shards:
+            raise ValueError(
+                f"batch of {images.shape[0]} cannot be split into {self.num_shards} shards over {devices} devices"
+            )
+        local_shards = self.num_shards // devices
+
+        def local(state, forward_params, images, labels, rng):
+            first = jax.lax.axis_index("data") * local_shards if mesh is not None else 0
+            xs = images.reshape((local_shards, -1) + images.shape[1:])
+            ys = labels.reshape((local_shards, -1))
+            keys = jax.vmap(lambda i: jax.random.fold_in(rng, first + i))(jnp.arange(local_shards))
+            if self.exact_reduction:
+                # One compiled shard computation reused for every shard (a loop), so a shard
+                # computes bit-identically whichever device and position it has.
+                out = jax.lax.map(lambda a: self._loss_and_grads(state, forward_params, *a), (xs, ys, keys))
+            else:
+                # Unrolled: XLA on CPU runs convolutions inside a loop ~10x slower.
+                shards = [self._loss_and_grads(state, forward_params, xs[i], ys[i], keys[i]) for i in range(local_shards)]
+                out = jax.tree.map(lambda *t: jnp.stack(t), *shards)
+            if mesh is not None and self.exact_reduction:
+                out = jax.tree.map(lambda t: jax.lax.all_gather(t, "data", tiled=True), out)
+            out = jax.tree.map(_average_shards, out)
+            if mesh is not None and not self.exact_reduction:
+                out = jax.tree.map(
+                    lambda t: jax.lax.pmean(t, "data") if jnp.issubdtype(t.dtype, jnp.floating) else t, out
+                )
+            return out
+
+        if mesh is None:
+            return local(state, forward_params, images, labels, rng)
+        replicated, split = PartitionSpec(), PartitionSpec("data")
+        return jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(replicated, replicated, split, split, replicated),
+            out_specs=replicated,
+            check_vma=False,
+        )(state, forward_params, images, labels, rng)
+
     def _finalize(self, old: TrainState, new: TrainState, loss, grads, aux) -> tuple[TrainState, dict]:
         """Keeps the old state if the loss or a gradient is not finite; records the first bad step."""
         finite = jnp.logical_and(jnp.isfinite(loss), jnp.isfinite(optax.tree.norm(grads)))
@@ -199,7 +273,7 @@ class Trainer:
             forward_params = moon.apply_keep_masks(state.params, keep)
         else:
             forward_params = state.params
-        loss, grads, batch_stats, moon_state, aux = self._loss_and_grads(state, forward_params, images, labels, step_rng)
+        loss, grads, batch_stats, moon_state, aux = self._sharded_loss_and_grads(state, forward_params, images, labels, step_rng)
         snapshot = moon.is_snapshot_step(
             state.step, self.steps_per_epoch, self.total_epochs, self.averaging_epochs, self.averaging_trigger
         )
@@ -225,7 +299,7 @@ class Trainer:
         """
         rng = jax.random.fold_in(state.rng, state.step)
         step_rng, update_rng = jax.random.split(rng)
-        loss, grads, batch_stats, moon_state, aux = self._loss_and_grads(state, state.params, images, labels, step_rng)
+        loss, grads, batch_stats, moon_state, aux = self._sharded_loss_and_grads(state, state.params, images, labels, step_rng)
         sparse_state, params = self.updater.update(state.sparse, state.params, grads, update_rng)
         opt_state = sparse.reset_optimizer_state(state.opt_state, params, state.sparse.masks, sparse_state.masks)
         new = state._replace(

@@ -230,6 +230,9 @@ def test_truncated_checkpoint_is_one_clear_error(tmp_path, trained_workdir):
         final_state(tiny_config(), workdir)
     out = run_eval(workdir)
     assert out.returncode == 2 and "corrupt or partial" in out.stderr and "Traceback" not in out.stderr
+    process = start_training(tmp_path, workdir)  # train.py resuming from it says the same
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2 and "corrupt or partial" in err and "Traceback" not in err
 
 
 def test_corrupt_metadata_is_one_clear_error(tmp_path, trained_workdir):
@@ -272,3 +275,10 @@ def test_missing_dataset_names_dataset_and_path(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "cifar10" in out.stderr and str(tmp_path / "nowhere") in out.stderr
     assert "MOON_JAX_DATA_DIR" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_schedule_longer_than_the_run_is_an_error():
+    config = load_config("default")
+    config.sparse.update_every = 5000  # the digits run has 1260 steps, updates stop at 945
+    with pytest.raises(ConfigError, match=r"config.sparse.update_every = 5000 is not valid: mask updates stop at step 945"):
+        build_run(config, with_ood=False)

@@ -412,3 +412,19 @@ def test_training_flops_relative_rigl_accounting():
     assert rel == pytest.approx((95 * 0.3 + 5 * 1.2) / 300)
     assert sparse.training_flops_relative("set", 0.1, 1.0, 100, sched) == pytest.approx(0.1)
     assert sparse.training_flops_relative("dense", 0.1, 1.0, 100, sched) == 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([-np.inf, -2.5, -0.0, 0.0, 1e-30, 0.5, 0.5, 3.0, np.inf]), min_size=1, max_size=40),
+    k_frac=st.floats(0.0, 1.0),
+)
+def test_top_k_mask_equals_a_stable_sort(values, k_frac):
+    scores = np.asarray(values, np.float32)
+    k = int(round(k_frac * scores.size))
+    order = np.argsort(-scores, kind="stable")  # descending, ties -> lower index first
+    want = np.zeros(scores.size, bool)
+    want[order[:k]] = True
+    got = np.asarray(sparse.top_k_mask(jnp.asarray(scores), k))
+    assert got.sum() == k
+    np.testing.assert_array_equal(got, want)  # -0.0 and 0.0 tie, as they do in the sort

@@ -118,3 +118,48 @@ def test_short_real_cifar10_run_learns(tmp_path):
     assert results["classification"]["acc"] > 0.40  # chance is 0.10; measured 0.497
     assert results["classification"]["ece"] < 0.15
     assert results["ood"]["moon_msp"]["mnist"]["auroc"] > 0.5
+
+
+def test_cigl_random_mask_option_trains_and_keeps_masks(tmp_path):
+    config = tiny_digits_config()
+    config.train.epochs = 4
+    config.moon.warmup_epochs = 1
+    config.moon.averaging_epochs = 1
+    config.sparse.end_fraction = 0.5
+    config.moon.dropconnect_rate = 0.01  # the reference's CigL setting (dpnum = 100)
+    results = train_and_evaluate(config, tmp_path)
+    state, _ = restore_final(config, tmp_path)
+    for mask, p in zip(jax.tree.leaves(state.sparse.masks, is_leaf=lambda x: x is None), jax.tree.leaves(state.params)):
+        if mask is not None:
+            assert not np.any(np.asarray(p)[~np.asarray(mask)])
+    assert results["classification"]["acc"] > 0.5
+
+
+def test_tensorboard_summaries_when_a_writer_is_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, logdir):
+            calls.append(("init", logdir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    from moon_jax.training.reporting import MetricWriter, read_metrics
+
+    writer = MetricWriter(tmp_path)
+    writer.write(7, "train", {"loss": 0.5, "alpha": 0.25})
+    writer.close()
+    assert calls[0] == ("init", str(tmp_path / "tensorboard"))
+    assert ("train/loss", 0.5, 7) in calls and ("train/alpha", 0.25, 7) in calls and calls[-1] == ("close",)
+    assert read_metrics(tmp_path) == [dict(read_metrics(tmp_path)[0], step=7, kind="train", loss=0.5, alpha=0.25)]

@@ -30,7 +30,7 @@ from moon_jax.models import create_model
 from moon_jax.moon.averaging import init_batch_stats_accumulator
 from moon_jax.sparse.leaves import SparsityRule
 from moon_jax.training.checkpoint import Checkpointer
-from moon_jax.training.config import validate_config
+from moon_jax.training.config import ConfigError, validate_config
 from moon_jax.training.input_pipeline import DeviceDataset, HostStreamDataset, RunData, load_run_data
 from moon_jax.training.reporting import MetricWriter, ProgressBar
 from moon_jax.training.trainer import TrainState, Trainer, find_averaging_state
@@ -68,13 +68,21 @@ def build_trainer(
             f"({num_train} images): use a smaller batch size"
         )
     total_steps = spe * config.train.epochs
+    end_step = int(round(config.sparse.end_fraction * total_steps))
+    if config.sparse.method in ("set", "rigl") and config.sparse.update_every > end_step:
+        raise ConfigError(
+            f"config.sparse.update_every = {config.sparse.update_every} is not valid: mask updates stop at step "
+            f"{end_step} (sparse.end_fraction {config.sparse.end_fraction} of {total_steps} steps = "
+            f"{config.train.epochs} epochs x {spe}), so {config.sparse.method} would never update its masks; "
+            f"use at most {max(end_step, 1)} or method 'static'"
+        )
     use_moon = bool(config.moon.enabled)
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     model_kwargs = {"width": config.model.width} if config.model.width else {}
     model = create_model(config.model.name, moon.num_outputs(num_classes, use_moon), dtype=dtype, **model_kwargs)
     schedule = sparse.UpdateSchedule(
         update_every=config.sparse.update_every,
-        end_step=int(round(config.sparse.end_fraction * total_steps)),
+        end_step=end_step,
         drop_fraction=config.sparse.drop_fraction,
     )
     rule = SparsityRule(

@@ -227,9 +227,10 @@ class ModelFunctions:
 
 
 def model_functions(
-    outputs: Callable[[np.ndarray], tuple],
+    outputs: Callable[[object, np.ndarray], tuple],
     preprocess: Callable[[np.ndarray], jax.Array],
-    apply: Callable[[jax.Array], jax.Array],
+    apply: Callable[[object, jax.Array], jax.Array],
+    variables,
     head: Mapping,
     std: Sequence[float],
     num_known: int,
@@ -238,11 +239,17 @@ def model_functions(
 ) -> ModelFunctions:
     """Jitted :class:`ModelFunctions` from the pieces of a model.
 
+    The model's ``variables`` are passed to the jitted functions as arguments, never closed
+    over: a closure would bake every weight into the compiled program as a constant (slow to
+    compile, and a copy in memory).
+
     Args:
-      outputs: uint8 batch -> ``(logits, penultimate features)`` (e.g. ``Trainer.logits(...,
-        return_features=True)``).
+      outputs: ``(variables, uint8 batch) -> (logits, penultimate features)`` (e.g.
+        ``Trainer.logits(..., return_features=True)``).
       preprocess: uint8 batch -> the normalised input the network sees (``Trainer.preprocess``).
-      apply: normalised input -> logits; ODIN differentiates it with respect to its input.
+      apply: ``(variables, normalised input) -> logits``; ODIN differentiates it with respect to
+        its input.
+      variables: the model's parameters (and BatchNorm statistics), any pytree.
       head: the classifier's parameters ``{'kernel': (D, C), 'bias': (C,)}``.
       std: per-channel normalisation std (ODIN's step is divided by it, as in OpenOOD).
       num_known: K.
@@ -250,29 +257,33 @@ def model_functions(
       mesh: devices to split each batch over (:func:`on_devices`); ``None``: default device.
     """
 
-    def odin_fn(images):
-        return pp.odin_logits(apply, preprocess(images), std, num_known)
+    def odin_fn(variables, images):
+        return pp.odin_logits(lambda x: apply(variables, x), preprocess(images), std, num_known)
 
     return ModelFunctions(
-        outputs=on_devices(outputs, mesh),
+        outputs=on_devices(outputs, variables, mesh),
         head=(np.asarray(head["kernel"]), np.asarray(head["bias"])),
-        odin=on_devices(odin_fn, mesh) if odin else None,
+        odin=on_devices(odin_fn, variables, mesh) if odin else None,
     )
 
 
-def on_devices(fn: Callable, mesh=None) -> Callable[[np.ndarray], object]:
-    """``fn`` jitted; with a ``mesh`` of several devices each host batch is split over them
-    (batch axis over mesh axis ``data``, on every process of a multi-host job) and the outputs
-    come back replicated, so every process can read them."""
+def on_devices(fn: Callable, variables, mesh=None) -> Callable[[np.ndarray], object]:
+    """``images -> fn(variables, images)``, jitted with ``variables`` as an argument.
+
+    With a ``mesh`` of several devices each host batch is split over them (batch axis over mesh
+    axis ``data``, on every process of a multi-host job) and the outputs come back replicated,
+    so every process can read them.
+    """
     if mesh is None or mesh.size == 1:
-        return jax.jit(fn)
+        jitted = jax.jit(fn)
+        return lambda images: jitted(variables, images)
     from jax.sharding import NamedSharding, PartitionSpec
 
     from moon_jax.training.input_pipeline import to_global
 
     batch, replicated = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(fn, out_shardings=replicated)
-    return lambda images: jitted(to_global(images, batch))
+    return lambda images: jitted(variables, to_global(images, batch))
 
 
 def flax_model_functions(model, variables, mean: Sequence[float], std: Sequence[float], num_known: int) -> ModelFunctions:
@@ -285,13 +296,13 @@ def flax_model_functions(model, variables, mean: Sequence[float], std: Sequence[
     def preprocess(images):
         return normalize(images, mean, std)
 
-    def apply(x):
+    def apply(variables, x):
         return model.apply(variables, x, train=False)
 
-    def outputs(images):
+    def outputs(variables, images):
         return model.apply(variables, preprocess(images), train=False, return_features=True)
 
-    return model_functions(outputs, preprocess, apply, variables["params"]["head"], std, num_known)
+    return model_functions(outputs, preprocess, apply, variables, variables["params"]["head"], std, num_known)
 
 
 def evaluate_full(

@@ -39,11 +39,11 @@ def evaluation_target(state: TrainState):
 def state_model_functions(trainer: Trainer, params, batch_stats) -> ModelFunctions:
     """The evaluated model's device functions through the trainer's own preprocessing and
     forward pass (``Trainer.logits``, ``Trainer.preprocess``, ``model.apply``)."""
-    variables = trainer._variables(params, batch_stats)
     return model_functions(
-        outputs=lambda images: trainer.logits(params, batch_stats, images, return_features=True),
+        outputs=lambda v, images: trainer.logits(v["params"], v["batch_stats"], images, return_features=True),
         preprocess=lambda images: trainer.preprocess(images, None),
-        apply=lambda x: trainer.model.apply(variables, x, train=False),
+        apply=lambda v, x: trainer.model.apply(trainer._variables(v["params"], v["batch_stats"]), x, train=False),
+        variables={"params": params, "batch_stats": batch_stats},
         head=params["head"],
         std=trainer.std,
         num_known=trainer.num_classes,

@@ -371,7 +371,11 @@ def _print_run_summary(config, data: RunData, trainer: Trainer, state: TrainStat
 
 
 def _periodic_eval(trainer: Trainer, state: TrainState, data: RunData, config, writer: MetricWriter, step: int) -> None:
-    logits_fn = on_devices(lambda images: trainer.logits(state.params, state.batch_stats, images), trainer.mesh)
+    logits_fn = on_devices(
+        lambda v, images: trainer.logits(v["params"], v["batch_stats"], images),
+        {"params": state.params, "batch_stats": state.batch_stats},
+        trainer.mesh,
+    )
     results = evaluate_model(logits_fn, data.test, {}, trainer.num_classes, config.train.eval_batch_size, ece_bins=config.eval.ece_bins)
     cls = results["classification"]
     writer.write(step, "eval", {"acc": cls["acc"], "ece": cls["ece"], "nll": cls["nll"]})

@@ -17,7 +17,8 @@ def _format_duration(seconds: float) -> str:
 
 
 class ProgressBar:
-    """One line, rewritten in place on a terminal (else printed every ``log_every`` steps).
+    """One line, rewritten in place on a terminal; elsewhere (a log file, CI) a line at most
+    every 5% of the run and at the end.
 
     The ETA is measured from the rate since the bar started, excluding the first step (the
     compilation).
@@ -31,6 +32,7 @@ class ProgressBar:
         self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self._t0: Optional[float] = None
         self._step0 = start_step
+        self._next_line = start_step
 
     def update(self, step: int, epoch: int, total_epochs: int, metrics: Mapping[str, float]) -> None:
         """Shows progress after ``step`` iterations have been done."""
@@ -51,8 +53,9 @@ class ProgressBar:
         )
         if self.interactive:
             self.stream.write("\r" + line[:200].ljust(120))
-        else:
+        elif step >= self._next_line or step >= self.total:
             self.stream.write(line + "\n")
+            self._next_line = step + max(self.total // 20, 1)
         self.stream.flush()
 
     def close(self) -> None:

@@ -53,7 +53,7 @@ def state_model_functions(trainer: Trainer, params, batch_stats) -> ModelFunctio
 
 def layer_density(trainer: Trainer, state: TrainState) -> dict:
     """Mask density of every sparsifiable layer (1.0 for a layer the distribution kept dense)."""
-    return trainer.updater.layer_density_report(state.params, state.sparse.masks)
+    return trainer.updater.layer_density_report(state.sparse.masks)
 
 
 def evaluate_state(

@@ -246,15 +246,14 @@ class SparseUpdater:
             if mask is not None
         }
 
-    def layer_density_report(self, params: PyTree, masks: PyTree) -> dict[str, float]:
-        """Density of every sparsifiable layer (1.0 for those kept dense), host-side."""
+    def layer_density_report(self, masks: PyTree) -> dict[str, float]:
+        """Mask density of every sparsifiable layer (1.0 for those kept dense), host-side."""
         leaves = jax.tree.leaves(masks, is_leaf=_is_none)
-        param_leaves = jax.tree.leaves(params)
-        out = {}
-        for name, mask, param in zip(self.names, leaves, param_leaves):
-            if name in self.plan.shapes:
-                out[name] = 1.0 if mask is None else float(jnp.mean(mask))
-        return out
+        return {
+            name: 1.0 if mask is None else float(jnp.mean(mask))
+            for name, mask in zip(self.names, leaves)
+            if name in self.plan.shapes
+        }
 
 
 def _leaf_counts(params: PyTree, plan: SparsityPlan) -> tuple[tuple[Optional[int], ...], tuple[str, ...]]:

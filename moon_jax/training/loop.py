@@ -357,7 +357,7 @@ def _print_run_summary(config, data: RunData, trainer: Trainer, state: TrainStat
             f"{sum(c is not None for c in trainer.updater.nonzeros)} masked layers, "
             f"{sum(plan.is_dense(n) for n in plan.shapes)} kept dense by the {plan.distribution} distribution"
         )
-    densities = trainer.updater.layer_density_report(state.params, state.sparse.masks)
+    densities = trainer.updater.layer_density_report(state.sparse.masks)
     report = sparse.flops_report(
         lambda v, x: trainer.model.apply(v, x, train=False),
         trainer._variables(state.params, state.batch_stats),

@@ -3,7 +3,6 @@ iterate), its measured and per-layer density, and the full ID + OOD evaluation w
 from __future__ import annotations
 
 import jax
-import numpy as np
 
 from moon_jax.evaluation import postprocessors as pp
 from moon_jax.evaluation.evaluate import ModelFunctions, evaluate_full, model_functions
@@ -91,10 +90,6 @@ def evaluate_state(
 
 def masked_density(state: TrainState, params) -> dict:
     """Measured density of the evaluated parameters over the masked layers."""
-    total = nonzero = 0
-    masks = jax.tree.leaves(state.sparse.masks, is_leaf=lambda x: x is None)
-    for mask, p in zip(masks, jax.tree.leaves(params)):
-        if mask is not None:
-            total += p.size
-            nonzero += int(np.count_nonzero(np.asarray(p)))
-    return {"masked_layers_nonzero_fraction": nonzero / total if total else 1.0, "masked_weights": total}
+    masks = state.sparse.masks
+    total = sum(m.size for m in jax.tree.leaves(masks, is_leaf=lambda x: x is None) if m is not None)
+    return {"masked_layers_nonzero_fraction": float(Trainer.masked_density(params, masks)), "masked_weights": total}

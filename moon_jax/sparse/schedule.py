@@ -67,10 +67,13 @@ def drop_fraction_at(schedule: UpdateSchedule, step) -> jnp.ndarray:
     return (0.5 * schedule.drop_fraction * (1.0 + jnp.cos(jnp.pi * progress))).astype(jnp.float32)
 
 
-def is_update_step(schedule: UpdateSchedule, step) -> jnp.ndarray:
-    """Whether iteration ``step`` (0-based) performs a mask update."""
-    step = jnp.asarray(step)
-    return jnp.logical_and((step + 1) % schedule.update_every == 0, step < schedule.end_step)
+def is_update_step(schedule: UpdateSchedule, step):
+    """Whether iteration ``step`` (0-based) performs a mask update.
+
+    A Python bool for a Python int (the training loop decides on the host, without touching the
+    device), a traced bool inside ``jit``.
+    """
+    return ((step + 1) % schedule.update_every == 0) & (step < schedule.end_step)
 
 
 def update_steps(schedule: UpdateSchedule, total_steps: int) -> list[int]:

@@ -177,10 +177,11 @@ class SparseUpdater:
         """Whether this method ever updates masks (SET and RigL)."""
         return self.method in ("set", "rigl") and self.schedule.end_step > 0
 
-    def is_update_step(self, step) -> jax.Array:
-        """Whether iteration ``step`` performs a mask update for this method."""
+    def is_update_step(self, step):
+        """Whether iteration ``step`` performs a mask update for this method (a Python bool for
+        a Python int, a traced bool inside ``jit``)."""
         if not self.changes_masks:
-            return jnp.zeros((), bool)
+            return False
         return is_update_step(self.schedule, step)
 
     def update(

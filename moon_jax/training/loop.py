@@ -326,7 +326,7 @@ def train_and_evaluate(
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     _log(f"training done: {total} steps in {time.time() - start_time:.1f} s (this session)")
-    _check_average_density(trainer, state)
+    _check_average_density(state)
     if not evaluate_at_end:
         return {}
     results = evaluate_state(trainer, state, data, config)
@@ -381,7 +381,7 @@ def _periodic_eval(trainer: Trainer, state: TrainState, data: RunData, config, w
     writer.write(step, "eval", {"acc": cls["acc"], "ece": cls["ece"], "nll": cls["nll"]})
 
 
-def _check_average_density(trainer: Trainer, state: TrainState) -> None:
+def _check_average_density(state: TrainState) -> None:
     """The average must have the final mask's support: no mask update after averaging began."""
     averaged = averaged_model(state)
     if averaged is None:

@@ -312,8 +312,9 @@ class Trainer:
         return self._finalize(state, new, loss, grads, aux)
 
     def is_mask_update_step(self, step: int) -> bool:
-        """Host-side: whether iteration ``step`` runs :meth:`mask_update_step`."""
-        return bool(self.updater.is_update_step(step))
+        """Host-side, from Python ints only (no device round trip in the loop): whether iteration
+        ``step`` runs :meth:`mask_update_step`."""
+        return bool(self.updater.is_update_step(int(step)))
 
     # ------------------------------------------------------------------ evaluation
     def logits(self, params: PyTree, batch_stats: PyTree, images: jax.Array, return_features: bool = False):

@@ -52,16 +52,21 @@ def define_config_flag(default_path: str) -> None:
         config_flags.DEFINE_config_file("config", default_path, "Run configuration file.", lock_config=True)
     except (AttributeError, KeyError, ValueError, TypeError) as err:
         overrides = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
-        inner = err
-        while inner.args and isinstance(inner.args[0], BaseException):
-            inner = inner.args[0]
-        detail = " ".join(str(inner.args[0] if inner.args else inner).split())
         print(
-            f"error: a config override is not valid ({detail}); overrides given: {', '.join(overrides) or 'none'}. "
+            f"error: a config override is not valid ({config_error_detail(err)}); overrides given: {', '.join(overrides) or 'none'}. "
             f"Fields are listed in moon_jax/training/config.py (base_config).",
             file=sys.stderr,
         )
         sys.exit(USER_ERROR)
+
+
+def config_error_detail(err: BaseException) -> str:
+    """The innermost message of an error ml_collections raised while applying overrides, on one
+    line."""
+    inner = err
+    while inner.args and isinstance(inner.args[0], BaseException):
+        inner = inner.args[0]
+    return " ".join(str(inner.args[0] if inner.args else inner).split())
 
 
 def run_program(main: Callable[[], None]) -> None:

@@ -1,0 +1,147 @@
+"""The reproduction script (benchmarks/reproduce.py) and its library part
+(moon_jax.evaluation.reproduction): run planning, config checks, aggregation over seeds, the
+paper's claims as paired differences, and one real end-to-end run on digits."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from moon_jax.evaluation import reproduction as rp
+from moon_jax.training.config import ConfigError
+
+DEFAULT_CONFIG = str(REPO / "configs" / "default.py")
+
+
+def fake_results(acc, ece, nll, aurocs, fprs, primary="msp"):
+    """An eval.json-shaped dict with the given numbers (fractions) for two OOD sets."""
+    ood = {name: {"auroc": a, "fpr95": f} for name, a, f in zip(("near_set", "far_set"), aurocs, fprs)}
+    ood["mean"] = {"auroc": sum(aurocs) / 2, "fpr95": sum(fprs) / 2}
+    return {"classification": {"acc": acc, "ece": ece, "nll": nll}, "primary_score": primary, "ood": {primary: ood},
+            "num_test": 100}
+
+
+def test_plan_runs_builds_one_command_per_method_and_seed(tmp_path):
+    specs = rp.plan_runs("configs/x.py", ["dense", "moon_rigl"], [0, 2], tmp_path, ["--config.model.width=8"],
+                         python="py", train_script="train.py")
+    assert [(s.method, s.seed) for s in specs] == [("dense", 0), ("dense", 2), ("moon_rigl", 0), ("moon_rigl", 2)]
+    assert specs[3].workdir == tmp_path / "moon_rigl_s2"
+    assert specs[3].command == (
+        "py", "train.py", "--config=configs/x.py", f"--workdir={tmp_path / 'moon_rigl_s2'}", "--config.model.width=8",
+        "--config.seed=2", "--config.sparse.method=rigl", "--config.moon.enabled=True",
+    )
+    assert specs[0].command[-2:] == ("--config.sparse.method=dense", "--config.moon.enabled=False")
+    with pytest.raises(ValueError, match="unknown method.*rigel"):
+        rp.plan_runs("c.py", ["rigel"], [0], tmp_path)
+    with pytest.raises(ValueError, match="--config.a.b=value"):
+        rp.plan_runs("c.py", ["rigl"], [0], tmp_path, ["--seed=3"])
+
+
+def test_concurrent_runs_share_the_accelerator_memory():
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in rp.child_environment(1, {})
+    assert rp.child_environment(4, {})["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225"
+    assert rp.child_environment(4, {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"})["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.5"
+
+
+def test_spec_config_applies_overrides_like_train_py(tmp_path):
+    spec = rp.plan_runs(DEFAULT_CONFIG, ["set"], [3], tmp_path, ["--config.train.epochs=7"])[0]
+    config = rp.spec_config(spec)
+    assert (config.seed, config.train.epochs, config.sparse.method, config.moon.enabled) == (3, 7, "set", False)
+    assert config.data.dataset == "digits"
+
+
+def test_check_specs_names_the_run_and_the_field_before_anything_runs(tmp_path):
+    # 12 epochs with 3 averaging epochs: mask updates must end before 75%, the default job's
+    # end_fraction is 0.75, so only the MOON run (which averages) is invalid.
+    overrides = ["--config.train.epochs=12", "--config.moon.averaging_epochs=3"]
+    rp.check_specs(rp.plan_runs(DEFAULT_CONFIG, ["rigl"], [0], tmp_path, overrides))
+    with pytest.raises(ConfigError, match=r"run moon_rigl seed 0: config\.sparse\.end_fraction = 0\.75"):
+        rp.check_specs(rp.plan_runs(DEFAULT_CONFIG, ["rigl", "moon_rigl"], [0], tmp_path, overrides))
+    with pytest.raises(ConfigError, match=r"run dense seed 1: .*epochz.*Did you mean \"epochs\""):
+        rp.check_specs(rp.plan_runs(DEFAULT_CONFIG, ["dense"], [1], tmp_path, ["--config.train.epochz=3"]))
+    assert not any(tmp_path.iterdir())
+
+
+def test_aggregate_and_paired_differences():
+    per_run = {
+        ("rigl", 0): {"acc": 0.90, "auroc/mean": 0.80},
+        ("rigl", 1): {"acc": 0.92, "auroc/mean": 0.84},
+        ("moon_rigl", 0): {"acc": 0.91, "auroc/mean": 0.86},
+        ("moon_rigl", 1): {"acc": 0.90, "auroc/mean": 0.88},
+        ("moon_rigl", 2): {"acc": 0.95, "auroc/mean": 0.99},  # no rigl seed 2: not paired
+    }
+    stats = rp.aggregate(per_run)
+    mean, std, n = stats["rigl"]["auroc/mean"]
+    assert (mean, n) == (pytest.approx(0.82), 2) and std == pytest.approx(0.02828427, rel=1e-6)  # ddof=1
+    assert stats["moon_rigl"]["acc"][2] == 3
+    diff = rp.paired_difference(per_run, "moon_rigl", "rigl", "auroc/mean")
+    assert diff[0] == pytest.approx(0.05) and diff[1] == pytest.approx(0.01414214, rel=1e-6) and diff[2] == 2
+    assert rp.paired_difference(per_run, "moon_rigl", "dense", "acc") is None
+
+
+def test_claims_are_reported_whichever_way_they_go():
+    results = {
+        ("dense", 0): fake_results(0.95, 0.02, 0.2, (0.90, 0.96), (0.30, 0.10)),
+        ("rigl", 0): fake_results(0.94, 0.04, 0.25, (0.86, 0.90), (0.40, 0.20)),
+        ("moon_rigl", 0): fake_results(0.943, 0.03, 0.22, (0.89, 0.95), (0.35, 0.12), primary="moon_msp"),
+        ("set", 0): fake_results(0.94, 0.03, 0.25, (0.85, 0.91), (0.40, 0.20)),
+        ("moon_set", 0): fake_results(0.92, 0.05, 0.3, (0.84, 0.90), (0.45, 0.25), primary="moon_msp"),
+    }
+    lines = rp.claim_checks({k: rp.run_metrics(r) for k, r in results.items()}, 0.9)
+    text = "\n".join(lines)
+    assert "(RigL 90% - dense, mean AUROC): -5.00 points over 1 seed(s): holds." in text
+    assert ("MOON + RigL 90% - RigL 90%: mean AUROC 4.00 points (higher; paper: several points higher), "
+            "FPR95 -6.50, ACC 0.30 (within 0.5 points), ECE -1.00 (lower)") in text
+    assert ("MOON + SET 90% - SET 90%: mean AUROC -1.00 points (not higher; paper: several points higher), "
+            "FPR95 5.00, ACC -2.00 (not within 0.5 points), ECE 2.00 (not lower)") in text
+
+
+def test_report_tables_hold_the_runs_numbers(tmp_path):
+    specs = rp.plan_runs("configs/c.py", ["dense", "rigl"], [0, 1], tmp_path)
+    outcomes = [rp.RunOutcome(s, 0, 12.5) for s in specs]
+    results = {
+        ("dense", 0): fake_results(0.95, 0.02, 0.2, (0.90, 0.96), (0.30, 0.10)),
+        ("dense", 1): fake_results(0.97, 0.04, 0.3, (0.92, 0.98), (0.20, 0.10)),
+        ("rigl", 0): fake_results(0.94, 0.04, 0.25, (0.86, 0.90), (0.40, 0.20)),
+        ("rigl", 1): fake_results(0.94, 0.04, 0.25, (0.86, 0.90), (0.40, 0.20)),
+    }
+    report = rp.reproduction_report("T", outcomes, results, ["dense", "rigl"], 0.9, "dev", "cmd", ["a note"], date="2026-01-02")
+    assert "Measured 2026-01-02 on dev; seeds 0, 1. Made by `cmd`." in report
+    assert "| dense | 2 | 96.00 ± 1.41 | 3.00 ± 1.41 | 0.2500 ± 0.0707 | 94.00 ± 1.41 | 17.50 ± 3.54 |" in report
+    assert "| RigL 90% | 2 | 94.00 ± 0.00 | 4.00 ± 0.00 | 0.2500 ± 0.0000 | 88.00 ± 0.00 | 30.00 ± 0.00 |" in report
+    assert "| dense | 91.00 ± 1.41 / 25.00 ± 7.07 | 97.00 ± 1.41 / 10.00 ± 0.00 |" in report
+    assert "- a note" in report
+    assert re.search(r"\| rigl \| 1 \| 0 \| 12\.5 \| `python \S*train\.py --config=configs/c\.py", report)
+
+
+@pytest.mark.slow
+def test_reproduce_script_end_to_end_on_digits(tmp_path):
+    """Two real runs through train.py, then the report: its numbers are each run's eval.json."""
+    root, output = tmp_path / "runs", tmp_path / "REPRODUCTION.md"
+    args = [
+        str(REPO / "benchmarks" / "reproduce.py"), f"--config={DEFAULT_CONFIG}", "--methods=rigl,moon_rigl",
+        "--seeds=0", f"--root={root}", f"--output={output}", "--no-plots", "--parallel=2",
+        "--config.train.epochs=12", "--config.moon.warmup_epochs=2", "--config.moon.averaging_epochs=3",
+        "--config.sparse.end_fraction=0.6", "--config.train.eval_every_epochs=0", "--config.train.checkpoint_every_epochs=6",
+    ]
+    out = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    report = output.read_text()
+    for method, label in (("rigl", "RigL 90%"), ("moon_rigl", "MOON + RigL 90%")):
+        results = json.loads((root / f"{method}_s0" / "eval.json").read_text())
+        cls, mean = results["classification"], results["ood"][results["primary_score"]]["mean"]
+        row = (f"| {label} | 1 | {100 * cls['acc']:.2f} | {100 * cls['ece']:.2f} | {cls['nll']:.4f} | "
+               f"{100 * mean['auroc']:.2f} | {100 * mean['fpr95']:.2f} |")
+        assert row in report, report
+        assert "--config.sparse.method=rigl" in (root / f"{method}_s0" / "train.log").read_text()
+    assert results["primary_score"] == "moon_msp" and results["model"].startswith("weight average of")
+    assert "- MOON + RigL 90% - RigL 90%: mean AUROC" in report
+    assert "Measured " in report and "seeds 0." in report
+    # Re-running resumes (nothing left to train) and rebuilds the same tables.
+    again = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = lambda text: text.split("## Runs")[0].split("\n", 3)[3]  # noqa: E731 (skips the date line)
+    assert table(output.read_text()) == table(report)

@@ -99,6 +99,16 @@ def test_claims_are_reported_whichever_way_they_go():
             "FPR95 5.00, ACC -2.00 (not within 0.5 points), ECE 2.00 (not lower)") in text
 
 
+def test_a_difference_smaller_than_two_standard_errors_is_called_noise():
+    per_run = {("rigl", s): {"auroc/mean": 0.80} for s in range(3)}
+    per_run.update({("moon_rigl", 0): {"auroc/mean": 0.90}, ("moon_rigl", 1): {"auroc/mean": 0.70},
+                    ("moon_rigl", 2): {"auroc/mean": 0.83}})
+    diff = rp.paired_difference(per_run, "moon_rigl", "rigl", "auroc/mean")  # +0.01 +- 0.10
+    assert rp._noise_note(diff) == ", within seed noise"
+    assert rp._noise_note((0.05, 0.01, 3)) == ""  # 0.05 > 2 * 0.01 / sqrt(3)
+    assert rp._noise_note((0.01, 0.5, 1)) == ""  # one seed: no noise estimate
+
+
 def test_report_tables_hold_the_runs_numbers(tmp_path):
     specs = rp.plan_runs("configs/c.py", ["dense", "rigl"], [0, 1], tmp_path)
     outcomes = [rp.RunOutcome(s, 0, 12.5) for s in specs]

@@ -233,6 +233,13 @@ def _pm(stat: tuple[float, float, int], scale: float = 100.0, digits: int = 2) -
     return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if n > 1 else "")
 
 
+def _noise_note(diff: tuple[float, float, int]) -> str:
+    """``", within seed noise"`` when a paired difference over several seeds is smaller than two
+    standard errors (std / sqrt(n)), so its sign is not evidence either way."""
+    mean, std, n = diff
+    return ", within seed noise" if n > 1 and abs(mean) < 2 * std / n ** 0.5 else ""
+
+
 def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsity: float) -> list[str]:
     """The paper's claims, each as one Markdown bullet with the measured paired differences."""
     methods = {m for m, _ in per_run}
@@ -241,7 +248,7 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
         if sparse_method in methods and "dense" in methods:
             diff = paired_difference(per_run, sparse_method, "dense", "auroc/mean")
             if diff is not None:
-                verdict = "holds" if diff[0] < 0 else "does not hold"
+                verdict = ("holds" if diff[0] < 0 else "does not hold") + _noise_note(diff)
                 lines.append(
                     f"- Sparse training lowers OOD detection ({method_label(sparse_method, sparsity)} - dense, mean AUROC): "
                     f"{_pm(diff)} points over {diff[2]} seed(s): {verdict}."
@@ -256,10 +263,10 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
                 continue
             label, base = method_label(moon, sparsity), method_label(sparse_method, sparsity)
             lines.append(
-                f"- {label} - {base}: mean AUROC {_pm(d_auroc)} points ({'higher' if d_auroc[0] > 0 else 'not higher'}; "
+                f"- {label} - {base}: mean AUROC {_pm(d_auroc)} points ({'higher' if d_auroc[0] > 0 else 'not higher'}{_noise_note(d_auroc)}; "
                 f"paper: several points higher), FPR95 {_pm(d_fpr)}, ACC {_pm(d_acc)} "
                 f"({'within' if abs(d_acc[0]) <= 0.005 else 'not within'} 0.5 points), ECE {_pm(d_ece)} "
-                f"({'lower' if d_ece[0] < 0 else 'not lower'}); {d_auroc[2]} paired seed(s)."
+                f"({'lower' if d_ece[0] < 0 else 'not lower'}{_noise_note(d_ece)}); {d_auroc[2]} paired seed(s)."
             )
     return lines
 

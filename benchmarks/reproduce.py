@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -67,8 +68,13 @@ def parse_args(argv):
     return args
 
 
+def _exit_on_sigterm(signum, frame):
+    sys.exit(128 + signum)  # unwinds run_all, which stops its train.py processes cleanly
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(argv)
     from moon_jax.training.config import ConfigError
 

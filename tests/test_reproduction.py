@@ -3,8 +3,10 @@
 paper's claims as paired differences, and one real end-to-end run on digits."""
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,33 @@ def test_reproduce_script_end_to_end_on_digits(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     table = lambda text: text.split("## Runs")[0].split("\n", 3)[3]  # noqa: E731 (skips the date line)
     assert table(output.read_text()) == table(report)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_runs_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
+    root, output = tmp_path / "runs", tmp_path / "REPRODUCTION.md"
+    args = [
+        sys.executable, str(REPO / "benchmarks" / "reproduce.py"), f"--config={DEFAULT_CONFIG}", "--methods=rigl",
+        f"--root={root}", f"--output={output}", "--no-plots", "--config.train.log_every_steps=5",
+    ]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = root / "rigl_s0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stdout
+    assert "stopped 1 running train.py process(es)" in stdout
+    log = (root / "rigl_s0" / "train.log").read_text()
+    saved = re.search(r"SIGTERM: saved a checkpoint at step (\d+)", log)
+    assert saved, log[-2000:]
+    assert (root / "rigl_s0" / "checkpoints" / saved.group(1)).is_dir()
+    assert not output.exists()
+
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = (root / "rigl_s0" / "train.log").read_text().split("SIGTERM: saved")[1]
+    assert f"from the checkpoint at step {saved.group(1)}" in resumed
+    assert "| RigL 90% | 1 |" in output.read_text()

@@ -161,33 +161,55 @@ def run_all(
 ) -> list[RunOutcome]:
     """Runs every spec's command, at most ``parallel`` at once, output appended to
     ``<workdir>/train.log``. A failed run is reported and the others go on. Returns the outcomes
-    in the order of ``specs``."""
+    in the order of ``specs``. If interrupted, running train.py processes get SIGTERM (they save a
+    checkpoint) before the exception propagates."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
     env = child_environment(parallel)
     pending = list(enumerate(specs))
     running: dict[int, tuple[subprocess.Popen, float, object]] = {}
     outcomes: dict[int, RunOutcome] = {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            index, spec = pending.pop(0)
-            spec.workdir.mkdir(parents=True, exist_ok=True)
-            logfile = open(spec.workdir / "train.log", "a")
-            logfile.write(f"$ {shlex.join(spec.command)}\n")
-            logfile.flush()
-            proc = subprocess.Popen(spec.command, cwd=cwd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
-            running[index] = (proc, time.perf_counter(), logfile)
-            log(f"started {spec.method} seed {spec.seed} -> {spec.workdir}/train.log")
-        time.sleep(poll_seconds)
-        for index in [i for i, (proc, _, _) in running.items() if proc.poll() is not None]:
-            proc, start, logfile = running.pop(index)
-            logfile.close()
-            spec = specs[index]
-            outcome = RunOutcome(spec, proc.returncode, time.perf_counter() - start)
-            outcomes[index] = outcome
-            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {spec.workdir}/train.log)"
-            log(f"{status}: {spec.method} seed {spec.seed} in {outcome.seconds:.1f} s")
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                index, spec = pending.pop(0)
+                spec.workdir.mkdir(parents=True, exist_ok=True)
+                logfile = open(spec.workdir / "train.log", "a")
+                logfile.write(f"$ {shlex.join(spec.command)}\n")
+                logfile.flush()
+                proc = subprocess.Popen(spec.command, cwd=cwd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
+                running[index] = (proc, time.perf_counter(), logfile)
+                log(f"started {spec.method} seed {spec.seed} -> {spec.workdir}/train.log")
+            time.sleep(poll_seconds)
+            for index in [i for i, (proc, _, _) in running.items() if proc.poll() is not None]:
+                proc, start, logfile = running.pop(index)
+                logfile.close()
+                spec = specs[index]
+                outcome = RunOutcome(spec, proc.returncode, time.perf_counter() - start)
+                outcomes[index] = outcome
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {spec.workdir}/train.log)"
+                log(f"{status}: {spec.method} seed {spec.seed} in {outcome.seconds:.1f} s")
+    finally:
+        _stop_children(running, log)
     return [outcomes[i] for i in range(len(specs))]
+
+
+def _stop_children(running: Mapping[int, tuple], log: Callable[[str], None]) -> None:
+    """When run_all is interrupted (Ctrl-C, SIGTERM turned into SystemExit): SIGTERM to every
+    train.py still running, which saves a checkpoint and exits, so a re-run resumes them."""
+    for proc, _, logfile in running.values():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc, _, logfile in running.values():
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        logfile.close()
+    if running:
+        log(f"stopped {len(running)} running train.py process(es) with SIGTERM (each saves a checkpoint once "
+            "training has started): re-run the same command to resume")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

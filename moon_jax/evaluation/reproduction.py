@@ -197,7 +197,7 @@ def run_all(
 def _stop_children(running: Mapping[int, tuple], log: Callable[[str], None]) -> None:
     """When run_all is interrupted (Ctrl-C, SIGTERM turned into SystemExit): SIGTERM to every
     train.py still running, which saves a checkpoint and exits, so a re-run resumes them."""
-    for proc, _, logfile in running.values():
+    for proc, _, _ in running.values():
         if proc.poll() is None:
             proc.terminate()
     for proc, _, logfile in running.values():
@@ -225,9 +225,8 @@ def run_metrics(results: Mapping) -> dict[str, float]:
     ood = results["ood"][results["primary_score"]]
     metrics = {"acc": cls["acc"], "ece": cls["ece"], "nll": cls["nll"]}
     for name, values in ood.items():
-        key = "mean" if name == "mean" else name
-        metrics[f"auroc/{key}"] = values["auroc"]
-        metrics[f"fpr95/{key}"] = values["fpr95"]
+        metrics[f"auroc/{name}"] = values["auroc"]
+        metrics[f"fpr95/{name}"] = values["fpr95"]
     return metrics
 
 

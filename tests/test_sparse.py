@@ -325,7 +325,7 @@ def test_masked_weights_stay_exactly_zero_after_optimizer_steps(inner):
     params = small_params()
     upd = sparse.make_updater(params, "static", 0.9, "erk")
     state, params = upd.init(params, jax.random.key(0))
-    tx = sparse.masked(inner())
+    tx = sparse.masked_updates(inner())
     opt_state = tx.init(params)
 
     @jax.jit
@@ -356,7 +356,7 @@ def test_masked_sgd_matches_pytorch_sgd_nesterov_formula():
     #   d = g + wd*p ; buf = mu*buf + d ; p -= lr*(d + mu*buf)
     lr, mu, wd = 0.1, 0.9, 5e-4
     p = {"w": {"bias": jnp.array([1.0, -2.0])}}
-    tx = sparse.masked(sparse.sgd_nesterov(lambda s: lr, mu, wd))
+    tx = sparse.masked_updates(sparse.sgd_nesterov(lambda s: lr, mu, wd))
     masks = {"w": {"bias": None}}
     st = tx.init(p)
     buf = np.zeros(2)
@@ -374,7 +374,7 @@ def test_reset_optimizer_state_zeroes_grown_and_dropped():
     params = {"l": {"kernel": jnp.array([1.0, 2.0, 0.0, 0.0]), "bias": jnp.ones(2)}}
     old = {"l": {"kernel": jnp.array([True, True, False, False]), "bias": None}}
     new = {"l": {"kernel": jnp.array([True, False, True, False]), "bias": None}}
-    tx = optax.chain(sparse.masked(optax.adam(1e-3)), optax.scale(1.0))
+    tx = optax.chain(sparse.masked_updates(optax.adam(1e-3)), optax.scale(1.0))
     opt_state = tx.init(params)
     filled = jax.tree.map(lambda x: jnp.full_like(x, 7.0) if x.ndim else x, opt_state)
     reset = sparse.reset_optimizer_state(filled, params, old, new)

@@ -9,9 +9,9 @@ from moon_jax.sparse.distribution import (
 from moon_jax.sparse.flops import FlopsReport, flops_report, layer_flops, training_flops_relative
 from moon_jax.sparse.leaves import SparsityRule, is_sparsifiable, sparsifiable_shapes
 from moon_jax.sparse.optim import (
-    MaskedState,
+    MaskedUpdatesState,
     adamw,
-    masked,
+    masked_updates,
     reset_optimizer_state,
     scale_by_schedule_at_step,
     sgd_nesterov,

@@ -1,6 +1,6 @@
 """Masked optimizer updates as an Optax GradientTransformation.
 
-:func:`masked` wraps any inner optimizer (SGD with Nesterov momentum, AdamW, ...). Its ``update``
+:func:`masked_updates` wraps any inner optimizer (SGD with Nesterov momentum, AdamW, ...). Its ``update``
 takes the current masks as an extra keyword argument (``optax.chain`` forwards it) and
 
 1. zeroes the gradient at inactive positions before the inner optimizer sees it, so momentum and
@@ -25,13 +25,13 @@ from moon_jax.sparse.updaters import map_masked
 PyTree = Any
 
 
-class MaskedState(NamedTuple):
-    """State of :func:`masked`: the inner optimizer's state."""
+class MaskedUpdatesState(NamedTuple):
+    """State of :func:`masked_updates`: the inner optimizer's state."""
 
     inner_state: Any
 
 
-def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def masked_updates(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` so that inactive weights get no gradient and stay exactly zero.
 
     ``update(updates, state, params, *, masks, **extra)``: ``masks`` is the mask pytree of
@@ -41,19 +41,19 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationE
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
-        return MaskedState(inner_state=inner.init(params))
+        return MaskedUpdatesState(inner_state=inner.init(params))
 
     def update_fn(updates, state, params=None, *, masks=None, **extra_args):
         if params is None:
-            raise ValueError("moon_jax.sparse.optim.masked needs `params` in update()")
+            raise ValueError("moon_jax.sparse.masked_updates needs `params` in update()")
         if masks is None:
-            raise ValueError("moon_jax.sparse.optim.masked needs `masks=` in update()")
+            raise ValueError("moon_jax.sparse.masked_updates needs `masks=` in update()")
         grads = map_masked(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), masks, updates)
         new_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
         new_updates = map_masked(
             lambda m, u, p: jnp.where(m, u, -p).astype(u.dtype), masks, new_updates, params
         )
-        return new_updates, MaskedState(inner_state=inner_state)
+        return new_updates, MaskedUpdatesState(inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -71,7 +71,7 @@ def _param_shaped(node: Any, treedef, shapes) -> bool:
 def reset_optimizer_state(opt_state: PyTree, params: PyTree, old_masks: PyTree, new_masks: PyTree) -> PyTree:
     """Zeroes optimizer state at connections grown or dropped between two masks.
 
-    Walks ``opt_state`` for :class:`MaskedState` nodes and, inside them, for every sub-tree with
+    Walks ``opt_state`` for :class:`MaskedUpdatesState` nodes and, inside them, for every sub-tree with
     the parameters' structure and shapes (momentum traces, Adam ``mu``/``nu``, ...); those are
     kept only where the connection is active in both masks. Scalars such as step counts are
     left alone.
@@ -86,16 +86,16 @@ def reset_optimizer_state(opt_state: PyTree, params: PyTree, old_masks: PyTree, 
         return map_masked(lambda k, s: jnp.where(k, s, jnp.zeros_like(s)), keep, node)
 
     def reset_masked(node):
-        if not isinstance(node, MaskedState):
+        if not isinstance(node, MaskedUpdatesState):
             return node
         inner = jax.tree.map(
             reset_param_tree,
             node.inner_state,
             is_leaf=lambda x: _param_shaped(x, treedef, shapes),
         )
-        return MaskedState(inner_state=inner)
+        return MaskedUpdatesState(inner_state=inner)
 
-    return jax.tree.map(reset_masked, opt_state, is_leaf=lambda x: isinstance(x, MaskedState))
+    return jax.tree.map(reset_masked, opt_state, is_leaf=lambda x: isinstance(x, MaskedUpdatesState))
 
 
 def scale_by_schedule_at_step(schedule) -> optax.GradientTransformationExtraArgs:

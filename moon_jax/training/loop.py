@@ -103,7 +103,7 @@ def build_trainer(
     else:
         inner = sparse.adamw(lr, weight_decay=config.train.weight_decay)
     averaging_epochs = config.moon.averaging_epochs if use_moon else 0
-    parts = [sparse.masked(inner)]
+    parts = [sparse.masked_updates(inner)]
     if averaging_epochs:
         parts.append(moon.weight_averaging())
     tx = optax.chain(*parts)

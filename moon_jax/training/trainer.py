@@ -81,7 +81,7 @@ class Trainer:
 
     Attributes:
       model: the Flax module (K or K+1 outputs).
-      tx: the optimizer chain, ``masked(inner)`` followed by weight averaging when enabled.
+      tx: the optimizer chain, ``masked_updates(inner)`` followed by weight averaging when enabled.
       updater: the sparse engine.
       num_classes: K, the number of known classes.
       moon_config: the MOON loss hyper-parameters, or ``None`` for plain cross-entropy.

@@ -7,7 +7,8 @@ import jax
 from moon_jax.evaluation import postprocessors as pp
 from moon_jax.evaluation.evaluate import ModelFunctions, evaluate_full, model_functions
 from moon_jax.training.input_pipeline import RunData
-from moon_jax.training.trainer import TrainState, Trainer, find_averaging_state
+from moon_jax.moon import find_averaging_state
+from moon_jax.training.trainer import TrainState, Trainer
 
 
 def method_name(config) -> str:

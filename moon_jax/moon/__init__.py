@@ -23,6 +23,7 @@ from moon_jax.moon.averaging import (
     accumulate_batch_stats,
     add_snapshot,
     averaging_start_epoch,
+    find_averaging_state,
     init_batch_stats_accumulator,
     is_snapshot_step,
     weight_averaging,

@@ -65,6 +65,12 @@ def weight_averaging() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def find_averaging_state(opt_state: PyTree) -> "AveragingState | None":
+    """The :class:`AveragingState` inside an optimizer state (e.g. an ``optax.chain``'s), or
+    ``None`` when the chain has no :func:`weight_averaging`."""
+    return optax.tree_utils.tree_get(opt_state, "AveragingState")
+
+
 def add_snapshot(state: AveragingState, params: PyTree, take_snapshot=True) -> AveragingState:
     """Folds ``params`` into the running mean when ``take_snapshot`` (else returns ``state``)."""
     take = jnp.asarray(take_snapshot, bool)

@@ -33,7 +33,8 @@ from moon_jax.training.checkpoint import Checkpointer
 from moon_jax.training.config import ConfigError, validate_config
 from moon_jax.training.input_pipeline import DeviceDataset, HostStreamDataset, RunData, load_run_data
 from moon_jax.training.reporting import MetricWriter, ProgressBar
-from moon_jax.training.trainer import TrainState, Trainer, find_averaging_state
+from moon_jax.moon import find_averaging_state
+from moon_jax.training.trainer import TrainState, Trainer
 
 
 class NonFiniteError(RuntimeError):

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, PartitionSpec
 from moon_jax import moon, sparse
 from moon_jax.data.augment import augment_batch, normalize
 from moon_jax.models import BN_MOMENTUM
-from moon_jax.moon.averaging import AveragingState, BatchStatsAccumulator
+from moon_jax.moon.averaging import BatchStatsAccumulator, find_averaging_state
 from moon_jax.sparse.leaves import SparsityRule
 
 PyTree = Any
@@ -63,16 +63,6 @@ def _average_shards(stacked: jax.Array) -> jax.Array:
     if jnp.issubdtype(stacked.dtype, jnp.floating):
         return jnp.mean(stacked, axis=0)
     return stacked[0]
-
-
-def find_averaging_state(opt_state: PyTree) -> Optional[AveragingState]:
-    """The :class:`AveragingState` inside an optimizer state, or ``None``."""
-    found = [
-        node
-        for node in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, AveragingState))
-        if isinstance(node, AveragingState)
-    ]
-    return found[0] if found else None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -56,9 +56,10 @@ def _check_scores(names):
 def main(argv):
     quiet_library_logs()
     _check_scores(FLAGS.scores)
-    from moon_jax.programs import initialize_distributed
+    from moon_jax.programs import enable_compilation_cache, initialize_distributed
 
     initialize_distributed(FLAGS.multihost)
+    enable_compilation_cache()
     if FLAGS.compare:
         workdirs = argv[1:]
         if not workdirs:

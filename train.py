@@ -33,10 +33,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_library_logs()
-    from moon_jax.programs import default_workdir, initialize_distributed
-    from moon_jax.training import train_and_evaluate
+    from moon_jax.programs import default_workdir, enable_compilation_cache, initialize_distributed, train_and_evaluate
 
     initialize_distributed(FLAGS.multihost)
+    enable_compilation_cache()
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
     train_and_evaluate(FLAGS.config, workdir, stop_at_step=FLAGS.stop_at_step)
 

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moon_jax.training.config import base_config
-from moon_jax.training.loop import build_trainer
+from moon_jax import sparse
+from moon_jax.training import DataParallel, base_config, compile_steps, create_train_state, create_training_setup
 
 MODELS = {
     # name: (input shape, number of classes, sparsity)
@@ -38,7 +38,7 @@ MODELS = {
 }
 
 
-def make_trainer(model: str, method: str, batch: int, dtype: str):
+def make_setup(model: str, method: str, batch: int, dtype: str):
     shape, classes, sparsity = MODELS[model]
     config = base_config()
     config.model.name = model
@@ -53,7 +53,7 @@ def make_trainer(model: str, method: str, batch: int, dtype: str):
     config.data.augment = "crop_flip" if shape[0] == 32 else "flip"
     num_train = batch * 100  # only sets steps_per_epoch
     mean, std = (0.5,) * 3, (0.25,) * 3
-    return build_trainer(config, num_train, classes, shape, mean, std)
+    return create_training_setup(config, num_train, classes, shape, mean, std)
 
 
 def timed(fn, repeats: int) -> float:
@@ -74,9 +74,10 @@ def bench_model(model: str, batch: int, repeats: int, dtype: str) -> list[tuple[
     rows = []
     results = {}
     for method in ("dense", "rigl"):
-        trainer = make_trainer(model, method, batch, dtype)
-        state = jax.jit(lambda k: trainer.init_state(k, shape))(jax.random.PRNGKey(0))
-        step = jax.jit(trainer.train_step, donate_argnums=0)
+        setup = make_setup(model, method, batch, dtype)
+        state = jax.jit(lambda k: create_train_state(setup, k, shape))(jax.random.PRNGKey(0))
+        compiled = compile_steps(setup, DataParallel())
+        step = compiled.train
         holder = {"state": state}
 
         def run_step():
@@ -89,18 +90,19 @@ def bench_model(model: str, batch: int, repeats: int, dtype: str) -> list[tuple[
         if method == "rigl":
             state = holder["state"]
             grads = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), state.params)
-            update = jax.jit(trainer.updater.update)
+            update = jax.jit(setup.updater.update)
+            engine_state = sparse.SparseState(masks=state.masks, step=state.step, rng=state.rng)
 
             def run_update():
-                jax.block_until_ready(update(state.sparse, state.params, grads))
+                jax.block_until_ready(update(engine_state, state.params, grads))
 
             for _ in range(3):
                 run_update()
             results["update"] = timed(run_update, repeats)
-            mask_step = jax.jit(trainer.mask_update_step)
 
             def run_mask_step():
-                jax.block_until_ready(mask_step(state, images, labels)[1]["loss"])
+                holder["state"], metrics = compiled.mask_update(holder["state"], images, labels)
+                jax.block_until_ready(metrics["loss"])
 
             for _ in range(3):
                 run_mask_step()

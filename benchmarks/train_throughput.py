@@ -1,146 +1,165 @@
-"""Training throughput of ResNet-18 on 32x32 images: dense vs RigL 90% vs MOON + RigL 90%.
+"""Training throughput of ResNet-18 on 32x32 images: a plain Flax/Optax dense step beside the
+library's dense, RigL 90% and MOON + RigL 90% steps, and the real training loop.
 
-    python benchmarks/train_throughput.py                  # batch 128 and 512, fp32 and bf16
-    python benchmarks/train_throughput.py --batches 128 --dtypes float32 --steps 100
-    python benchmarks/train_throughput.py --real-data      # + the real input pipeline on CIFAR-10
+    python benchmarks/train_throughput.py                            # GPU: batch 128, fp32
+    python benchmarks/train_throughput.py --batch 512 --dtype bfloat16
+    python benchmarks/train_throughput.py --width 8 --batch 32 --steps 8 --update-every 8 --repeats 3 \\
+        --loop-train-examples 512 --loop-epochs 5                    # a CPU smoke run
 
-One process, one table. Per configuration: the median time of a training step on a synthetic
-uint8 batch (on-device augmentation included), after warm-up; for RigL the mask-update step is
-timed too and amortised at the default schedule (one mask update every ``--update-every`` = 80
-iterations): ``(79 * step + mask_step) / 80``. images/s = batch / amortised step time; the ratio
-column is relative to dense at the same batch size and dtype.
+Everything runs in one process, so the ratios compare like with like.
 
-``--real-data`` adds, per batch size and dtype, the throughput of MOON + RigL over one epoch of
-real CIFAR-10 (``../shared/data`` or ``MOON_JAX_DATA_DIR``) with the training loop's own input
-pipeline (dataset on device, per-step gather), to compare with the synthetic figure.
+**Steps.** Each configuration runs ``--steps`` iterations back to back with one block at the end
+(the device queue stays full, as in training), after a warm-up that compiles every variant. The
+library's steps follow the real schedule: RigL and MOON + RigL run their mask-update step at
+every ``--update-every``-th iteration (so its cost is amortised as in training) and MOON takes a
+weight snapshot at the last iteration of the window (once per epoch in training). The
+configurations are measured in turn, ``--repeats`` rounds interleaved (plain, dense, RigL, MOON,
+plain, dense, ...), so a slow phase of the machine hits them all; each row prints the min /
+median / max images/s over the rounds, and the ratio of medians to the plain dense step.
+
+**Real loop.** ``training.train`` itself -- input pipeline from the packed CIFAR-10 (dataset on
+device), logging, asynchronous checkpoints every epoch, weight snapshots, the BatchNorm refresh at
+the end -- for dense and for MOON + RigL, ``--loop-epochs`` epochs over ``--loop-train-examples``
+training images, in fresh workdirs, without the persistent compilation cache. Two figures per run:
+steady-state images/s from the median epoch time over epochs 2 to E - 1 (each epoch timed by a
+per-epoch callback that waits for the device; the median leaves out the one epoch that compiles
+the weight-snapshot step), and the wall time of the whole call, compilation included (what the
+user waits for). The ratio is MOON + RigL / dense of the same loop.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from moon_jax.data import epoch_batch_indices
-from moon_jax.training.config import base_config
-from moon_jax.training.input_pipeline import DeviceDataset
-from moon_jax.training.loop import Shardings, build_trainer
-
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+from common import METHODS, library_config, library_steps, plain_dense_step, synthetic_batch
+from moon_jax.training import DataParallel, build_run, train
 
 
-def make_trainer(method: str, moon: bool, batch: int, dtype: str, update_every: int, width: int, mesh):
-    config = base_config()
-    config.model.name = "resnet18"
-    config.model.dtype = dtype
-    config.model.width = width
-    config.train.batch_size = batch
-    config.sparse.method = method
-    config.sparse.update_every = update_every
-    config.moon.enabled = moon
-    return build_trainer(config, 50000, 10, (32, 32, 3), CIFAR_MEAN, CIFAR_STD, mesh)
-
-
-def median_time(fn, steps: int) -> float:
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def time_trainer(trainer, batch: int, steps: int, shard: Shardings) -> tuple[float, float]:
-    """(median train-step seconds, median mask-update-step seconds or 0)."""
-    rng = np.random.default_rng(0)
-    images = jax.device_put(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8), shard.batch)
-    labels = jax.device_put(rng.integers(0, 10, (batch,), dtype=np.int32), shard.batch)
-    init = jax.jit(lambda k: trainer.init_state(k, (32, 32, 3)), out_shardings=shard.replicated)
-    holder = {"state": init(jax.random.PRNGKey(0))}
-    out = (shard.replicated, shard.replicated)
-    step = jax.jit(trainer.train_step, donate_argnums=0, out_shardings=out)
-
-    def run(fn):
-        holder["state"], metrics = fn(holder["state"], images, labels)
-        jax.block_until_ready(metrics["loss"])
-
-    for _ in range(5):
-        run(step)
-    t_step = median_time(lambda: run(step), steps)
-    t_mask = 0.0
-    if trainer.updater.changes_masks:
-        mask_step = jax.jit(trainer.mask_update_step, donate_argnums=0, out_shardings=out)
-        for _ in range(3):
-            run(mask_step)
-        t_mask = median_time(lambda: run(mask_step), max(steps // 5, 3))
-    return t_step, t_mask
-
-
-def real_data_epoch(trainer, batch: int, shard: Shardings, max_steps: int) -> float:
-    """images/s of MOON + RigL over (up to ``max_steps`` of) one real CIFAR-10 epoch."""
-    from moon_jax.data import load_dataset
-
-    train = DeviceDataset(load_dataset("cifar10", "train"), shard.replicated, shard.batch)
-    init = jax.jit(lambda k: trainer.init_state(k, (32, 32, 3)), out_shardings=shard.replicated)
-    state = init(jax.random.PRNGKey(0))
-    out = (shard.replicated, shard.replicated)
-    step = jax.jit(trainer.train_step, donate_argnums=0, out_shardings=out)
-    mask_step = jax.jit(trainer.mask_update_step, donate_argnums=0, out_shardings=out)
-    rows = epoch_batch_indices(train.size, batch, 0, 0)[:max_steps]
-    for fn in (step, mask_step):  # compile both outside the timed epoch
-        state, metrics = fn(state, *train.batch(rows[0]))
-    jax.block_until_ready(metrics["loss"])
+def timed_window(run_steps) -> float:
+    """Seconds for one window of steps, blocked once at the end."""
     t0 = time.perf_counter()
-    for i, (images, labels) in enumerate(train.epoch_batches(rows, 0, 0)):
-        fn = mask_step if trainer.is_mask_update_step(i) else step
-        state, metrics = fn(state, images, labels)
-    jax.block_until_ready(metrics["loss"])
-    return len(rows) * batch / (time.perf_counter() - t0)
+    jax.block_until_ready(run_steps())
+    return time.perf_counter() - t0
+
+
+def plain_runner(width: int, dtype: str, batch: int, steps: int, placement: DataParallel):
+    step, state = plain_dense_step(width, dtype)
+    images, labels = synthetic_batch(batch, placement.batch)
+    holder = {"state": state}
+
+    def run():
+        loss = None
+        for _ in range(steps):
+            holder["state"], loss = step(holder["state"], images, labels)
+        return loss
+
+    return run
+
+
+def library_runner(method: str, moon: bool, width: int, dtype: str, batch: int, steps: int, update_every: int, placement):
+    config = library_config(method, moon, batch, dtype, width, update_every)
+    setup, compiled, state = library_steps(config, placement)
+    images, labels = synthetic_batch(batch, placement.batch)
+    holder = {"state": state}
+    updates_masks = setup.updater.changes_masks
+
+    def run():
+        metrics = None
+        for i in range(steps):
+            if updates_masks and (i + 1) % update_every == 0:
+                holder["state"], metrics = compiled.mask_update(holder["state"], images, labels)
+            else:
+                snapshot = setup.uses_averaging and i == steps - 1
+                holder["state"], metrics = compiled.train(holder["state"], images, labels, take_snapshot=snapshot)
+        return metrics["loss"]
+
+    return run
+
+
+def real_loop(method: str, moon: bool, args) -> tuple[float, float]:
+    """``(steady-state images/s, wall seconds of the whole call)`` of ``training.train``."""
+    config = library_config(method, moon, args.batch, args.dtype, args.width, args.update_every)
+    config.data.dataset = "cifar10"
+    config.data.num_train_examples = args.loop_train_examples
+    config.data.ood_datasets = ()
+    config.train.epochs = args.loop_epochs
+    config.train.constant_lr_epochs = 1
+    config.train.checkpoint_every_epochs = 1
+    config.train.eval_every_epochs = 1
+    config.train.progress_bar = False
+    config.moon.warmup_epochs = 1
+    config.moon.averaging_epochs = 1 if moon else 0
+    config.sparse.end_fraction = (args.loop_epochs - 1.5) / args.loop_epochs
+    ends = []
+
+    def mark_epoch_end(setup, state):
+        jax.block_until_ready(state.params)
+        ends.append(time.perf_counter())
+        return {}
+
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        data, setup = build_run(config, with_ood=False)
+        train(config, os.path.join(workdir, "run"), data, setup, periodic_eval=mark_epoch_end)
+        wall = time.perf_counter() - t0
+    epoch_seconds = statistics.median(np.diff(ends))
+    return setup.schedule.steps_per_epoch * args.batch / epoch_seconds, wall
+
+
+def describe(values: list[float]) -> str:
+    return f"{min(values):,.0f} / {statistics.median(values):,.0f} / {max(values):,.0f}"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", default="128,512")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on GPU/TPU, 5 on CPU)")
-    parser.add_argument("--update-every", type=int, default=80)
-    parser.add_argument("--width", type=int, default=0, help="ResNet base width (0 = 64, the real ResNet-18)")
-    parser.add_argument("--real-data", action="store_true")
-    parser.add_argument("--real-steps", type=int, default=390, help="steps of the real-data epoch")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: the real network)")
+    parser.add_argument("--steps", type=int, default=80, help="steps per timed window")
+    parser.add_argument("--update-every", type=int, default=80, help="mask update every this many steps")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--loop-epochs", type=int, default=6, help="epochs of the real-loop runs (0: skip them; else at least 4)")
+    parser.add_argument("--loop-train-examples", type=int, default=50000)
     args = parser.parse_args()
-    cpu = jax.devices()[0].platform == "cpu"
-    steps = args.steps or (5 if cpu else 50)
-    shard = Shardings()
-    rows = []
-    for dtype in args.dtypes.split(","):
-        for batch in map(int, args.batches.split(",")):
-            results = {}
-            for label, method, moon in (("dense", "dense", False), ("RigL 90%", "rigl", False), ("MOON + RigL 90%", "rigl", True)):
-                trainer = make_trainer(method, moon, batch, dtype, args.update_every, args.width, shard.mesh)
-                t_step, t_mask = time_trainer(trainer, batch, steps, shard)
-                amortised = t_step if not t_mask else ((args.update_every - 1) * t_step + t_mask) / args.update_every
-                results[label] = (t_step, t_mask, amortised)
-            dense = results["dense"][2]
-            for label, (t_step, t_mask, amortised) in results.items():
-                rows.append((dtype, batch, label, t_step, t_mask, batch / amortised, dense / amortised))
-            if args.real_data:
-                trainer = make_trainer("rigl", True, batch, dtype, args.update_every, args.width, shard.mesh)
-                ips = real_data_epoch(trainer, batch, shard, args.real_steps)
-                synthetic = batch / results["MOON + RigL 90%"][2]
-                rows.append((dtype, batch, "MOON + RigL 90%, real CIFAR-10 epoch", float("nan"), float("nan"), ips, ips / synthetic))
-    device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-    print(f"\nResNet-18 32x32 training throughput on {device}, jax {jax.__version__}, median of {steps} steps, "
-          f"mask update every {args.update_every} iterations\n")
-    print("| dtype | batch | method | step (ms) | mask-update step (ms) | images/s | ratio |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
-    for dtype, batch, label, t_step, t_mask, ips, ratio in rows:
-        step_ms = "" if np.isnan(t_step) else f"{1000 * t_step:.2f}"
-        mask_ms = "" if np.isnan(t_mask) or not t_mask else f"{1000 * t_mask:.2f}"
-        what = "x synthetic" if "real" in label else "x dense"
-        print(f"| {dtype} | {batch} | {label} | {step_ms} | {mask_ms} | {ips:,.0f} | {ratio:.3f} {what} |")
+    os.environ["MOON_JAX_COMPILATION_CACHE"] = "0"
+
+    placement = DataParallel()
+    runners = {"plain Flax/Optax dense": plain_runner(args.width, args.dtype, args.batch, args.steps, placement)}
+    for label, method, moon in METHODS:
+        runners[label] = library_runner(method, moon, args.width, args.dtype, args.batch, args.steps, args.update_every, placement)
+    for run in runners.values():  # warm-up: compiles every variant
+        timed_window(run)
+    rates = {label: [] for label in runners}
+    for _ in range(args.repeats):
+        for label, run in runners.items():
+            rates[label].append(args.steps * args.batch / timed_window(run))
+
+    device = jax.devices()[0]
+    print(
+        f"\nResNet-18 (width {args.width}) 32x32 training throughput, batch {args.batch}, {args.dtype}, on "
+        f"{jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}; windows of "
+        f"{args.steps} steps (mask update every {args.update_every}), {args.repeats} interleaved rounds\n"
+    )
+    print("| what | images/s min / median / max | ratio (median) |")
+    print("| --- | ---: | ---: |")
+    plain = statistics.median(rates["plain Flax/Optax dense"])
+    for label, values in rates.items():
+        print(f"| {label} step | {describe(values)} | {statistics.median(values) / plain:.3f} x plain dense |")
+    if args.loop_epochs:
+        loops = {label: real_loop(method, moon, args) for label, method, moon in (METHODS[0], METHODS[2])}
+        dense_rate, dense_wall = loops["dense"]
+        for label, (rate, wall) in loops.items():
+            print(
+                f"| real loop, {label}: {args.loop_epochs} epochs x {args.loop_train_examples} images | "
+                f"{rate:,.0f} (steady); whole call {wall:.1f} s | {rate / dense_rate:.3f} x dense loop "
+                f"(whole call {dense_wall / wall:.3f}) |"
+            )
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ TFDS_DATA_DIR). OOD sets: CIFAR-10 (near-OOD, the packed copy), Tiny ImageNet (r
 Textures subset, Gaussian and uniform noise; their packed files are looked up in MOON_JAX_DATA_DIR
 or ../shared/data.
 """
-from moon_jax.training.config import apply_reference_recipe, base_config
+from moon_jax.training.config import base_config
 
 
 def get_config():
-    config = apply_reference_recipe(base_config())
+    config = base_config()  # base_config is the reference recipe
     config.data.dataset = "cifar100"
     config.data.ood_datasets = ("cifar10", "tin_resize", "mnist", "textures_subset", "gaussian_noise", "uniform_noise")
     return config

@@ -9,8 +9,8 @@ evaluation uses resize 256 + centre crop 224 on the validation split. K+1 = 1001
 Schedule: RigL's ImageNet recipe (Evci et al. 2020, section 4.1: 100 epochs, mask updates every
 100 iterations until 75% of training with drop fraction 0.3, ERK) with the MOON reference's
 learning-rate shape (0.1 x cosine 1.2 -> 0.08, then constant for the last 20 epochs, during which
-the weights are averaged). The reference's ImageNet pipeline applies no sparsity (see
-docs/moon_reference notes), so this is moon-jax's own recipe. Scale base_lr linearly with the
+the weights are averaged). The reference's ImageNet pipeline applies no sparsity, so
+this is moon-jax's own recipe. Scale base_lr linearly with the
 global batch size (0.1 per 256 images) on pods. OOD sets: Textures (TFDS dtd) and Places365 at
 224x224 are the usual far-OOD sets; name them in data.ood_datasets when they are prepared.
 """

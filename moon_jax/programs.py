@@ -1,10 +1,18 @@
-"""What train.py and eval.py share: turning known failures into one clear message and an exit
-status instead of a stack trace, and the default workdir."""
+"""What the programs (train.py, eval.py, benchmarks, notebooks) share: ``train_and_evaluate``
+(training with periodic and final evaluation), JAX's persistent compilation cache, turning known
+failures into one clear message and an exit status instead of a stack trace, and the default
+workdir.
+
+This is program level: it imports ``moon_jax.training`` and ``moon_jax.evaluation``, and no
+package of moon_jax imports it.
+"""
 from __future__ import annotations
 
+import json
 import os
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 # Exit statuses: 2 for a problem the user can fix (config, data, checkpoint), 3 for a diverged
 # run, 143 for preemption (128 + SIGTERM).
@@ -32,6 +40,61 @@ def initialize_distributed(requested: bool) -> None:
 
     if requested or os.environ.get("MOON_JAX_MULTIHOST", "") not in ("", "0"):
         jax.distributed.initialize()
+
+
+def compilation_cache_dir() -> Optional[str]:
+    """Where compiled XLA programs are cached across runs, or ``None`` when turned off.
+
+    ``MOON_JAX_COMPILATION_CACHE``: a directory, or ``0`` / ``off`` to turn the cache off;
+    default ``$XDG_CACHE_HOME/moon_jax/xla`` (``~/.cache/moon_jax/xla``).
+    """
+    setting = os.environ.get("MOON_JAX_COMPILATION_CACHE", "")
+    if setting.lower() in ("0", "off", "false", "no"):
+        return None
+    if setting:
+        return setting
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "moon_jax", "xla")
+
+
+def enable_compilation_cache() -> Optional[str]:
+    """Turns on JAX's persistent compilation cache in :func:`compilation_cache_dir`, so a re-run
+    (a resumed run, eval.py on the same model) loads its compiled steps instead of compiling
+    them again. Returns the directory, or ``None`` when turned off."""
+    directory = compilation_cache_dir()
+    if directory is None:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
+
+def train_and_evaluate(config, workdir, evaluate_at_end: bool = True, stop_at_step: Optional[int] = None) -> dict:
+    """Trains (resuming from ``workdir``) with periodic evaluation, then evaluates the final model.
+
+    Returns the final evaluation results (:func:`moon_jax.evaluation.runner.evaluate_state`),
+    also written to ``<workdir>/eval.json`` and printed as a Markdown table. With
+    ``stop_at_step`` the run saves a checkpoint at that global step and returns ``{}`` (a later
+    call continues it); ``evaluate_at_end=False`` returns ``{}`` after training.
+    """
+    import jax
+
+    from moon_jax.evaluation import format_results
+    from moon_jax.evaluation.runner import evaluate_state, periodic_classification
+    from moon_jax.training import build_run, describe_method, train
+
+    data, setup = build_run(config)
+    state = train(config, workdir, data, setup, periodic_eval=periodic_classification(data, config), stop_at_step=stop_at_step)
+    if state is None or not evaluate_at_end:
+        return {}
+    results = evaluate_state(setup, state, data, config)
+    if jax.process_index() == 0:
+        (Path(workdir) / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        title = f"{config.data.dataset} / {config.model.name} / {describe_method(config)} ({results['model']})"
+        print(format_results(results, title=title))
+    return results
 
 
 def default_workdir(config_path: str) -> str:
@@ -72,9 +135,7 @@ def config_error_detail(err: BaseException) -> str:
 def run_program(main: Callable[[], None]) -> None:
     """Runs ``main``, printing known errors as ``error: ...`` on stderr with an exit status."""
     from moon_jax.data import DatasetNotFoundError
-    from moon_jax.training.checkpoint import CheckpointError
-    from moon_jax.training.config import ConfigError
-    from moon_jax.training.loop import NonFiniteError, Preempted
+    from moon_jax.training import CheckpointError, ConfigError, NonFiniteError, Preempted
 
     try:
         main()

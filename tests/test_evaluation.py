@@ -367,7 +367,7 @@ def _tiny_run_config(moon: bool):
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    from moon_jax.training import train_and_evaluate
+    from moon_jax.programs import train_and_evaluate
 
     root = tmp_path_factory.mktemp("runs")
     for name, moon in (("moon_rigl", True), ("dense", False)):

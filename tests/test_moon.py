@@ -187,6 +187,11 @@ def test_snapshot_triggers():
     want = [spe * 7 - 1] + [spe * e + i for e in (7, 8, 9) for i in range(2)]
     assert list(np.nonzero(ref)[0]) == want
     assert not np.any(np.asarray(moon.is_snapshot_step(steps, spe, epochs, 0)))
+    # the training loop's host-side decision (Python ints -> Python bools) agrees everywhere
+    for trigger, traced in (("epoch", epoch_wise), ("reference", ref)):
+        host = [moon.is_snapshot_step(int(s), spe, epochs, deduct, trigger) for s in steps]
+        assert all(type(h) is bool for h in host) and host == list(traced)
+    assert moon.is_snapshot_step(spe * epochs - 1, spe, epochs, 0) is False
     with pytest.raises(ValueError, match="allowed: epoch, reference"):
         moon.is_snapshot_step(0, spe, epochs, deduct, "swa")
 

@@ -20,8 +20,8 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from conftest import tiny_digits_config
-from moon_jax.training import Checkpointer, build_run, train_and_evaluate
-from moon_jax.training.loop import abstract_state
+from moon_jax.programs import train_and_evaluate
+from moon_jax.training import Checkpointer, abstract_train_state, build_run
 
 config = tiny_digits_config()
 config.train.epochs = 30
@@ -35,11 +35,11 @@ config.sparse.update_every = 10
 config.sparse.end_fraction = 0.8
 workdir = sys.argv[1]
 results = train_and_evaluate(config, workdir)
-data, trainer = build_run(config, with_ood=False)
-state, _ = Checkpointer(workdir).restore(abstract_state(trainer, data.image_shape), config)
+data, setup = build_run(config, with_ood=False)
+state, _ = Checkpointer(workdir).restore(abstract_train_state(setup, data.image_shape), config)
 leaves = jax.tree_util.tree_flatten_with_path(state)[0]
 np.savez(workdir + "/final.npz", **{{jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}})
-json.dump({{"devices": jax.device_count(), "shards": trainer.num_shards, "results": results}}, open(workdir + "/summary.json", "w"))
+json.dump({{"devices": jax.device_count(), "shards": setup.split.num_shards, "results": results}}, open(workdir + "/summary.json", "w"))
 '''
 
 

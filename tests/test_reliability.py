@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config, tiny_digits_config
-from moon_jax.training import Checkpointer, ConfigError, NonFiniteError, build_run, train_and_evaluate, validate_config
+from moon_jax.programs import train_and_evaluate
+from moon_jax.training import Checkpointer, ConfigError, NonFiniteError, abstract_train_state, build_run, steps, validate_config
 from moon_jax.training.checkpoint import CheckpointError
-from moon_jax.training.loop import abstract_state
-from moon_jax.training.trainer import Trainer
 
 TINY_CONFIG_FILE = '''
 import sys
@@ -41,8 +40,8 @@ def tiny_config():
 
 
 def final_state(config, workdir):
-    data, trainer = build_run(config, with_ood=False)
-    state, meta = Checkpointer(workdir).restore(abstract_state(trainer, data.image_shape), config)
+    data, setup = build_run(config, with_ood=False)
+    state, meta = Checkpointer(workdir).restore(abstract_train_state(setup, data.image_shape), config)
     return state, meta
 
 
@@ -125,16 +124,16 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_identical(tmp_path, reference_
 
 def test_nan_stops_with_step_and_last_good_checkpoint(tmp_path, monkeypatch):
     config = tiny_config()
-    original = Trainer._loss_and_grads
+    original = steps.loss_and_grads
 
-    def poisoned(self, state, forward_params, images, labels, rng):
-        loss, grads, batch_stats, moon_state, aux = original(self, state, forward_params, images, labels, rng)
+    def poisoned(setup, state, forward_params, images, labels, rng):
+        loss, grads, batch_stats, moon_state, aux = original(setup, state, forward_params, images, labels, rng)
         bad = state.step >= 25
         loss = jnp.where(bad, jnp.nan, loss)
         grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)
         return loss, grads, batch_stats, moon_state, aux
 
-    monkeypatch.setattr(Trainer, "_loss_and_grads", poisoned)
+    monkeypatch.setattr(steps, "loss_and_grads", poisoned)
     with pytest.raises(NonFiniteError) as err:
         train_and_evaluate(config, tmp_path, evaluate_at_end=False)
     message = str(err.value)
@@ -145,6 +144,22 @@ def test_nan_stops_with_step_and_last_good_checkpoint(tmp_path, monkeypatch):
     state, _ = final_state(config, tmp_path)
     assert int(state.step) == 20 and int(state.nonfinite_step) == -1
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
+
+
+def test_nan_gradient_with_finite_loss_stops_before_anything_is_saved(tmp_path, monkeypatch):
+    # the step checks only the loss: a NaN gradient shows as a NaN loss one step later
+    config = tiny_config()
+    original = steps.loss_and_grads
+
+    def poisoned(setup, state, forward_params, images, labels, rng):
+        loss, grads, batch_stats, moon_state, aux = original(setup, state, forward_params, images, labels, rng)
+        grads = jax.tree.map(lambda g: jnp.where(state.step == 25, jnp.nan, g), grads)
+        return loss, grads, batch_stats, moon_state, aux
+
+    monkeypatch.setattr(steps, "loss_and_grads", poisoned)
+    with pytest.raises(NonFiniteError, match="at step 26.*last good checkpoint is step 20"):
+        train_and_evaluate(config, tmp_path, evaluate_at_end=False)
+    assert Checkpointer(tmp_path).all_steps() == [10, 20]
 
 
 BAD_CONFIGS = [

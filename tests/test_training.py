@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from conftest import CONFIG_NAMES, load_config, tiny_digits_config
-from moon_jax.training import Checkpointer, build_run, train_and_evaluate
-from moon_jax.training.loop import abstract_state
+from moon_jax.programs import train_and_evaluate
+from moon_jax.training import Checkpointer, abstract_train_state, build_run, compile_steps, create_train_state
+from moon_jax.training.devices import DataParallel
 
 
 def restore_final(config, workdir):
-    data, trainer = build_run(config, with_ood=False)
-    state, meta = Checkpointer(workdir).restore(abstract_state(trainer, data.image_shape), config)
+    data, setup = build_run(config, with_ood=False)
+    state, meta = Checkpointer(workdir).restore(abstract_train_state(setup, data.image_shape), config)
     return state, meta
 
 
@@ -34,11 +35,11 @@ def test_every_config_builds_and_runs_two_steps(name):
     if name == "imagenet_resnet50":
         config.model.width = 16  # the config's architecture, thinner, so CPU compiles in seconds
     with tfds.testing.mock_data(num_examples=16):
-        data, trainer = build_run(config)
-    assert trainer.uses_moon and trainer.model.num_outputs == data.num_classes + 1
-    state = jax.jit(lambda k: trainer.init_state(k, data.image_shape))(jax.random.PRNGKey(0))
-    step = jax.jit(trainer.train_step)
-    mask_step = jax.jit(trainer.mask_update_step)
+        data, setup = build_run(config)
+    assert setup.moon_loss is not None and setup.model.num_outputs == data.num_classes + 1
+    state = jax.jit(lambda k: create_train_state(setup, k, data.image_shape))(jax.random.PRNGKey(0))
+    compiled = compile_steps(setup, DataParallel(setup.split.mesh))
+    step, mask_step = compiled.train, compiled.mask_update
     rows = np.arange(2 * config.train.batch_size).reshape(2, -1)
     if hasattr(data.train, "images"):
         batches = [(data.train.images[r], data.train.labels[r]) for r in rows]
@@ -48,10 +49,10 @@ def test_every_config_builds_and_runs_two_steps(name):
     state, m1 = step(state, *batches[0])
     state, m2 = mask_step(state, *batches[1])
     assert int(state.step) == 2 and int(state.nonfinite_step) == -1
-    assert bool(m1["finite"]) and bool(m2["finite"])
+    assert int(m1["nonfinite_step"]) == -1 and int(m2["nonfinite_step"]) == -1
     assert np.isfinite(float(m1["loss"])) and np.isfinite(float(m2["loss"]))
-    expected_counts = [c for c in trainer.updater.nonzeros if c is not None]
-    assert [int(m.sum()) for m in jax.tree.leaves(state.sparse.masks)] == expected_counts
+    expected_counts = [c for c in setup.updater.nonzeros if c is not None]
+    assert [int(m.sum()) for m in jax.tree.leaves(state.masks)] == expected_counts
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -129,7 +130,7 @@ def test_cigl_random_mask_option_trains_and_keeps_masks(tmp_path):
     config.moon.dropconnect_rate = 0.01  # the reference's CigL setting (dpnum = 100)
     results = train_and_evaluate(config, tmp_path)
     state, _ = restore_final(config, tmp_path)
-    for mask, p in zip(jax.tree.leaves(state.sparse.masks, is_leaf=lambda x: x is None), jax.tree.leaves(state.params)):
+    for mask, p in zip(jax.tree.leaves(state.masks, is_leaf=lambda x: x is None), jax.tree.leaves(state.params)):
         if mask is not None:
             assert not np.any(np.asarray(p)[~np.asarray(mask)])
     assert results["classification"]["acc"] > 0.5

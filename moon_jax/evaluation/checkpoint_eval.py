@@ -12,10 +12,17 @@ import ml_collections
 from moon_jax.evaluation import postprocessors as pp
 from moon_jax.evaluation.evaluate import format_results
 from moon_jax.evaluation.plots import write_plots
-from moon_jax.training.checkpoint import CheckpointError, Checkpointer
-from moon_jax.training.config import ConfigError, base_config
-from moon_jax.evaluation.runner import evaluate_state, method_name
-from moon_jax.training.loop import Shardings, abstract_state, build_run
+from moon_jax.evaluation.runner import evaluate_state
+from moon_jax.training import (
+    CheckpointError,
+    Checkpointer,
+    ConfigError,
+    DataParallel,
+    abstract_train_state,
+    base_config,
+    build_run,
+    describe_method,
+)
 from moon_jax.training.reporting import read_metrics
 
 
@@ -85,21 +92,22 @@ def evaluate_workdir(
         config.data.data_dir = data_dir
     if batch_size is not None:
         config.train.eval_batch_size = batch_size
-    data, trainer = build_run(config)
+    data, setup = build_run(config)
     try:
-        pp.validate_scores(config.eval.scores, trainer.model.num_outputs == trainer.num_classes + 1)
+        pp.validate_scores(config.eval.scores, setup.model.num_outputs == setup.num_classes + 1)
     except ValueError as err:
         raise ConfigError(f"--scores: {err}") from None
     checkpointer = Checkpointer(workdir)
-    replicated = Shardings(trainer.mesh).replicated
-    state, _ = checkpointer.restore(abstract_state(trainer, data.image_shape, replicated), config, step)
-    results, arrays = evaluate_state(trainer, state, data, config, return_arrays=True, train_examples=train_examples)
+    replicated = DataParallel(setup.split.mesh).replicated
+    state, _ = checkpointer.restore(abstract_train_state(setup, data.image_shape, replicated), config, step)
+    checkpointer.close()
+    results, arrays = evaluate_state(setup, state, data, config, return_arrays=True, train_examples=train_examples)
     results["checkpoint_step"] = int(state.step)
     results["plots"] = []
     if jax.process_index() == 0:
         path = Path(output) if output else workdir / "eval.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        title = f"{config.data.dataset} / {config.model.name} / {method_name(config)} ({results['model']})"
+        title = f"{config.data.dataset} / {config.model.name} / {describe_method(config)} ({results['model']})"
         if plots:
             results["plots"] = write_plots(path.parent, results, arrays, read_metrics(workdir), title)
         path.write_text(json.dumps(results, indent=2) + "\n")

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from moon_jax.evaluation.evaluate import FORMAT_VERSION
+from moon_jax.evaluation.evaluate import FORMAT_VERSION, format_percent
 from moon_jax.evaluation.plots import PLOT_FILES
 from moon_jax.training.checkpoint import CheckpointError, Checkpointer
 
@@ -67,10 +67,6 @@ def run_names(workdirs: Sequence) -> list[str]:
     return [b if bases.count(b) == 1 else str(w) for b, w in zip(bases, workdirs)]
 
 
-def _pct(x: Optional[float]) -> str:
-    return "n/a" if x is None else f"{100.0 * x:.2f}"
-
-
 def comparison_row(name: str, results: Mapping) -> list[str]:
     """The table cells of one run (:data:`COLUMNS`)."""
     cls = results["classification"]
@@ -82,13 +78,13 @@ def comparison_row(name: str, results: Mapping) -> list[str]:
         results.get("method", ""),
         results.get("model", ""),
         f"`{primary}`",
-        _pct(cls["acc"]),
-        _pct(cls["ece"]),
+        format_percent(cls["acc"]),
+        format_percent(cls["ece"]),
         f"{cls['nll']:.4f}",
-        _pct(mean.get("auroc")),
-        _pct(mean.get("fpr95")),
-        _pct(groups.get("near", {}).get("auroc")),
-        _pct(groups.get("far", {}).get("auroc")),
+        format_percent(mean.get("auroc")),
+        format_percent(mean.get("fpr95")),
+        format_percent(groups.get("near", {}).get("auroc")),
+        format_percent(groups.get("far", {}).get("auroc")),
     ]
 
 
@@ -108,7 +104,7 @@ def _run_section(name: str, workdir: Path, results: Mapping, report_dir: Path) -
     ts = results.get("temperature_scaling")
     if ts:
         lines += ["", f"Temperature scaling: T = {ts['temperature']:.3f}; on the {ts['num_eval']}-image evaluation split "
-                  f"ECE {_pct(ts['uncalibrated']['ece'])} -> {_pct(ts['calibrated']['ece'])}, "
+                  f"ECE {format_percent(ts['uncalibrated']['ece'])} -> {format_percent(ts['calibrated']['ece'])}, "
                   f"NLL {ts['uncalibrated']['nll']:.4f} -> {ts['calibrated']['nll']:.4f}."]
     plots = [p for p in PLOT_FILES.values() if p in results.get("plots", []) and (workdir / p).exists()]
     if plots:

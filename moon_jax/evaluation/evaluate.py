@@ -36,6 +36,7 @@ from moon_jax.metrics import (
     temperature_scaling,
 )
 from moon_jax.moon import scores as score_lib
+from moon_jax.training.devices import on_devices
 
 #: Version of the eval.json layout; ``eval.py --compare`` re-evaluates older files.
 #: 2: + ``ood_groups``, ``ood_group_members``, ``temperature_scaling``, ``score_settings``,
@@ -180,11 +181,11 @@ def evaluate_logits(
 ) -> dict:
     """All metrics computable from logits alone (logit scores only; see :func:`results_from_scores`).
 
-    Default scores: :func:`moon_jax.moon.scores.default_scores`. A model or feature score
+    Default scores: :func:`moon_jax.moon.scores.default_logit_scores`. A model or feature score
     (``odin``, ``mahalanobis``, ...) raises: use :func:`evaluate_full`.
     """
     has_unknown = test_logits.shape[1] == num_classes + 1
-    names = pp.validate_scores(score_names or score_lib.default_scores(has_unknown), has_unknown)
+    names = pp.validate_scores(score_names or score_lib.default_logit_scores(has_unknown), has_unknown)
     needs_model = [n for n in names if pp.SCORE_KINDS[n] != "logits"]
     if needs_model:
         raise ValueError(f"scores {', '.join(needs_model)} need the model, not just logits: use evaluate_full")
@@ -265,25 +266,6 @@ def model_functions(
         head=(np.asarray(head["kernel"]), np.asarray(head["bias"])),
         odin=on_devices(odin_fn, variables, mesh) if odin else None,
     )
-
-
-def on_devices(fn: Callable, variables, mesh=None) -> Callable[[np.ndarray], object]:
-    """``images -> fn(variables, images)``, jitted with ``variables`` as an argument.
-
-    With a ``mesh`` of several devices each host batch is split over them (batch axis over mesh
-    axis ``data``, on every process of a multi-host job) and the outputs come back replicated,
-    so every process can read them.
-    """
-    if mesh is None or mesh.size == 1:
-        jitted = jax.jit(fn)
-        return lambda images: jitted(variables, images)
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from moon_jax.training.input_pipeline import to_global
-
-    batch, replicated = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(fn, out_shardings=replicated)
-    return lambda images: jitted(variables, to_global(images, batch))
 
 
 def flax_model_functions(model, variables, mean: Sequence[float], std: Sequence[float], num_known: int) -> ModelFunctions:
@@ -369,8 +351,9 @@ def evaluate_full(
 
 
 # --------------------------------------------------------------------------------- reports
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.2f}"
+def format_percent(x: Optional[float]) -> str:
+    """A fraction as a percentage with two decimals for the tables; ``n/a`` for ``None``."""
+    return "n/a" if x is None else f"{100.0 * x:.2f}"
 
 
 def _classification_lines(results: Mapping) -> list[str]:
@@ -378,8 +361,8 @@ def _classification_lines(results: Mapping) -> list[str]:
     return [
         "| ACC | ECE | NLL | Brier | ACC (ref.) | ECE (ref.) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {_pct(cls['acc'])} | {_pct(cls['ece'])} | {cls['nll']:.4f} | {cls['brier']:.4f} | "
-        f"{_pct(cls['acc_reference'])} | {_pct(cls['ece_reference'])} |",
+        f"| {format_percent(cls['acc'])} | {format_percent(cls['ece'])} | {cls['nll']:.4f} | {cls['brier']:.4f} | "
+        f"{format_percent(cls['acc_reference'])} | {format_percent(cls['ece_reference'])} |",
         "",
         f"ACC: argmax over the first K = {results['num_classes']} outputs; ECE: 15 equal-width bins "
         "(lo, hi] on top-1 confidence of the K-class softmax; (ref.): the MOON reference evaluator "
@@ -402,7 +385,7 @@ def _primary_lines(results: Mapping) -> list[str]:
         n = results["ood_sizes"].get(name, "")
         label = "**mean**" if name == "mean" else name
         lines.append(
-            f"| {label} | {n} | {_pct(m['auroc'])} | {_pct(m['fpr95'])} | {_pct(m['aupr_in'])} | {_pct(m['aupr_out'])} |"
+            f"| {label} | {n} | {format_percent(m['auroc'])} | {format_percent(m['fpr95'])} | {format_percent(m['aupr_in'])} | {format_percent(m['aupr_out'])} |"
         )
     return lines
 
@@ -413,7 +396,7 @@ def _every_score_lines(results: Mapping) -> list[str]:
              "| --- | ---: | ---: | ---: | ---: |"]
     for s in scores:
         m = results["ood"][s]["mean"]
-        lines.append(f"| {s} | {_pct(m['auroc'])} | {_pct(m['fpr95'])} | {_pct(m['aupr_in'])} | {_pct(m['aupr_out'])} |")
+        lines.append(f"| {s} | {format_percent(m['auroc'])} | {format_percent(m['fpr95'])} | {format_percent(m['aupr_in'])} | {format_percent(m['aupr_out'])} |")
     return lines
 
 
@@ -435,7 +418,7 @@ def _per_set_lines(results: Mapping) -> list[str]:
     for s in scores:
         cells = [results["ood"][s][name] for name in sets]
         cells += [results["ood_groups"][s][g] for g in groups] + [results["ood_groups"][s]["all"]]
-        lines.append(f"| {s} | " + " | ".join(f"{_pct(m['auroc'])} / {_pct(m['fpr95'])}" for m in cells) + " |")
+        lines.append(f"| {s} | " + " | ".join(f"{format_percent(m['auroc'])} / {format_percent(m['fpr95'])}" for m in cells) + " |")
     descriptions = "; ".join(f"`{s}`: {pp.SCORE_DESCRIPTIONS[s]}" for s in scores)
     lines += ["", f"Scores (higher = more in-distribution): {descriptions}."]
     settings = results.get("score_settings", {})
@@ -460,7 +443,7 @@ def _temperature_lines(results: Mapping) -> list[str]:
     ]
     for key, label in (("uncalibrated", "as trained"), ("calibrated", "temperature-scaled")):
         m = ts[key]
-        lines.append(f"| {label} | {_pct(m['acc'])} | {_pct(m['ece'])} | {m['nll']:.4f} | {m['brier']:.4f} |")
+        lines.append(f"| {label} | {format_percent(m['acc'])} | {format_percent(m['ece'])} | {m['nll']:.4f} | {m['brier']:.4f} |")
     lines += [
         "",
         f"T minimises the NLL of the first K logits on a fixed random {100 * ts['fit_fraction']:g}% of the ID test "

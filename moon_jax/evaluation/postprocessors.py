@@ -13,8 +13,7 @@ v1.5) are "higher = more in-distribution". They come in three kinds (:data:`SCOR
 
 For a K+1 (MOON) model MSP, MaxLogit, energy, ODIN and ReAct use the first K logits (the unknown
 output left out); Mahalanobis and KNN use the penultimate features, and Mahalanobis has one
-Gaussian per known class. The definitions follow OpenOOD's implementations (read, not copied;
-see ``/shared/docs/ood_evaluation_notes.md`` section 1.3), with their default hyper-parameters:
+Gaussian per known class. The definitions follow OpenOOD's implementations (read, not copied), with their default hyper-parameters:
 
 * ODIN (Liang, Li & Srikant 2018, "Enhancing the Reliability of Out-of-distribution Image
   Detection in Neural Networks", ICLR; OpenOOD ``odin``): T = 1000, eps = 0.0014.

@@ -1,63 +1,76 @@
 """Evaluation of a training state: which model to report (the weight average or the last
-iterate), its measured and per-layer density, and the full ID + OOD evaluation with every score."""
+iterate), its measured and per-layer density, the full ID + OOD evaluation with every score, and
+the short periodic evaluation the training loop runs as a callback."""
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import jax
 
+from moon_jax import moon, sparse
 from moon_jax.evaluation import postprocessors as pp
-from moon_jax.evaluation.evaluate import ModelFunctions, evaluate_full, model_functions
-from moon_jax.training.input_pipeline import RunData
-from moon_jax.moon import find_averaging_state
-from moon_jax.training.trainer import TrainState, Trainer
+from moon_jax.evaluation.evaluate import ModelFunctions, evaluate_full, evaluate_model, model_functions
+from moon_jax.training import (
+    RunData,
+    TrainingSetup,
+    TrainState,
+    batched_device_function,
+    compile_steps,
+    describe_method,
+    refresh_averaged_batch_stats,
+    training_batches,
+)
+from moon_jax.training.devices import DataParallel
+from moon_jax.training.steps import model_outputs
 
 
-def method_name(config) -> str:
-    """``MOON + rigl 90% erk``-style description of a run's method."""
-    name = config.sparse.method
-    if config.sparse.method != "dense":
-        name += f" {100 * config.sparse.sparsity:g}% {config.sparse.distribution}"
-    return ("MOON + " if config.moon.enabled else "") + name
-
-
-def averaged_model(state: TrainState):
-    """``(params, batch_stats, snapshots)`` of the weight-averaged model, or ``None``."""
-    avg = find_averaging_state(state.opt_state)
-    if avg is None or int(avg.count) == 0:
-        return None
-    return avg.average, state.averaged_batch_stats, int(avg.count)
-
-
-def evaluation_target(state: TrainState):
-    """The model to report: the weight average when it exists, else the last iterate."""
-    averaged = averaged_model(state)
-    if averaged is not None:
-        params, batch_stats, count = averaged
-        return params, batch_stats, f"weight average of {count} snapshots"
-    return state.params, state.batch_stats, f"last iterate (step {int(state.step)})"
-
-
-def state_model_functions(trainer: Trainer, params, batch_stats) -> ModelFunctions:
-    """The evaluated model's device functions through the trainer's own preprocessing and
-    forward pass (``Trainer.logits``, ``Trainer.preprocess``, ``model.apply``)."""
-    return model_functions(
-        outputs=lambda v, images: trainer.logits(v["params"], v["batch_stats"], images, return_features=True),
-        preprocess=lambda images: trainer.preprocess(images, None),
-        apply=lambda v, x: trainer.model.apply(trainer._variables(v["params"], v["batch_stats"]), x, train=False),
-        variables={"params": params, "batch_stats": batch_stats},
-        head=params["head"],
-        std=trainer.std,
-        num_known=trainer.num_classes,
-        mesh=trainer.mesh,
+def with_current_average_batch_stats(setup: TrainingSetup, state: TrainState, data: RunData, config) -> TrainState:
+    """``state`` with the weight average's BatchNorm statistics recomputed if they are stale
+    (a checkpoint saved before the end of training, e.g. with ``--stop_at_step``)."""
+    found = moon.find_averaging_state(state.opt_state)
+    if found is None or int(found.count) == int(state.averaged_batch_stats_snapshots):
+        return state
+    placement = DataParallel(setup.split.mesh)
+    accumulate = compile_steps(setup, placement).accumulate_batch_stats
+    return refresh_averaged_batch_stats(
+        state, training_batches(data, placement, config), config.train.batch_size, config.seed, accumulate
     )
 
 
-def layer_density(trainer: Trainer, state: TrainState) -> dict:
-    """Mask density of every sparsifiable layer (1.0 for a layer the distribution kept dense)."""
-    return trainer.updater.layer_density_report(state.sparse.masks)
+def evaluation_target(state: TrainState):
+    """``(params, batch_stats, description)`` of the model to report: the weight average when it
+    exists, else the last iterate."""
+    averaged = moon.averaged_params(state.opt_state)
+    if averaged is not None:
+        params, count = averaged
+        return params, state.averaged_batch_stats, f"weight average of {count} snapshots"
+    return state.params, state.batch_stats, f"last iterate (step {int(state.step)})"
+
+
+def state_model_functions(setup: TrainingSetup, params, batch_stats) -> ModelFunctions:
+    """The evaluated model's device functions through the training setup's own preprocessing
+    and forward pass."""
+    return model_functions(
+        outputs=functools.partial(model_outputs, setup, return_features=True),
+        preprocess=setup.preprocess,
+        apply=lambda v, x: setup.model.apply(setup.variables(v["params"], v["batch_stats"]), x, train=False),
+        variables={"params": params, "batch_stats": batch_stats},
+        head=params["head"],
+        std=setup.preprocess.std,
+        num_known=setup.num_classes,
+        mesh=setup.split.mesh,
+    )
+
+
+def density_record(params, masks) -> dict:
+    """Measured density of ``params`` over the masked layers, and how many weights those hold."""
+    total = sum(m.size for m in jax.tree.leaves(masks, is_leaf=lambda x: x is None) if m is not None)
+    return {"masked_layers_nonzero_fraction": float(sparse.masked_density(params, masks)), "masked_weights": total}
 
 
 def evaluate_state(
-    trainer: Trainer,
+    setup: TrainingSetup,
     state: TrainState,
     data: RunData,
     config,
@@ -72,25 +85,38 @@ def evaluate_state(
     ``density`` (measured), ``layer_density`` (per layer, of the masks), ``method``,
     ``dataset`` and ``architecture``. With ``return_arrays`` returns ``(results, EvalArrays)``.
     """
+    state = with_current_average_batch_stats(setup, state, data, config)
     params, batch_stats, description = evaluation_target(state)
     results, arrays = evaluate_full(
-        state_model_functions(trainer, params, batch_stats),
-        data.train, data.test, data.ood, trainer.num_classes, config.train.eval_batch_size,
+        state_model_functions(setup, params, batch_stats),
+        data.train, data.test, data.ood, setup.num_classes, config.train.eval_batch_size,
         score_names=tuple(config.eval.scores) or None, ece_bins=config.eval.ece_bins,
         train_examples=train_examples,
     )
     results["model"] = description
     results["step"] = int(state.step)
-    results["density"] = masked_density(state, params)
-    results["layer_density"] = layer_density(trainer, state)
-    results["method"] = method_name(config)
+    results["density"] = density_record(params, state.masks)
+    results["layer_density"] = setup.updater.layer_density_report(state.masks)
+    results["method"] = describe_method(config)
     results["dataset"] = config.data.dataset
     results["architecture"] = config.model.name
     return (results, arrays) if return_arrays else results
 
 
-def masked_density(state: TrainState, params) -> dict:
-    """Measured density of the evaluated parameters over the masked layers."""
-    masks = state.sparse.masks
-    total = sum(m.size for m in jax.tree.leaves(masks, is_leaf=lambda x: x is None) if m is not None)
-    return {"masked_layers_nonzero_fraction": float(Trainer.masked_density(params, masks)), "masked_weights": total}
+def periodic_classification(data: RunData, config) -> Callable[[TrainingSetup, TrainState], dict]:
+    """The training loop's periodic evaluation: ACC / ECE / NLL of the current iterate on the ID
+    test set. The forward pass is compiled once, on the first call, and reused."""
+    compiled = {}
+
+    def evaluate(setup: TrainingSetup, state: TrainState) -> dict:
+        if "outputs" not in compiled:
+            compiled["outputs"] = batched_device_function(functools.partial(model_outputs, setup), setup.split.mesh)
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        results = evaluate_model(
+            lambda images: compiled["outputs"](variables, images), data.test, {}, setup.num_classes,
+            config.train.eval_batch_size, ece_bins=config.eval.ece_bins,
+        )
+        cls = results["classification"]
+        return {"acc": cls["acc"], "ece": cls["ece"], "nll": cls["nll"]}
+
+    return evaluate

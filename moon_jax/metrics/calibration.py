@@ -7,8 +7,8 @@ Two ECE variants live here, on purpose:
   their released code (gpleiss/temperature_scaling): 15 equal-width bins on [0, 1], a sample
   belongs to the bin (lo, hi], ECE = sum_b (n_b / N) |acc_b - conf_b|.
 * :func:`reference_ece` -- the variant computed by the MOON reference code
-  (github.com/StevenBoys/MOON, commit 22c1841, ``OODEvaluator.eval_acc`` in
-  ``openood/evaluators/ood_evaluator.py``, inherited from OpenOOD v1): 10 bins [lo, hi),
+  (github.com/StevenBoys/MOON, commit 22c1841, ``OODEvaluator.eval_acc``,
+  inherited from OpenOOD v1): 10 bins [lo, hi),
   a confidence of exactly 1.0 is silently dropped, weights renormalised over the binned
   samples.  Kept only so that numbers can be compared with the paper's.
 
@@ -252,7 +252,7 @@ def expected_calibration_error(confidences, correct, n_bins: int = DEFAULT_ECE_B
 def reference_ece(confidences, correct, n_bins: int = REFERENCE_ECE_BINS) -> float:
     """ECE exactly as the MOON reference evaluator computes it (for comparison only).
 
-    Source: github.com/StevenBoys/MOON @ 22c1841, ``openood/evaluators/ood_evaluator.py``,
+    Source: github.com/StevenBoys/MOON @ 22c1841, its OOD evaluator's
     ``OODEvaluator.eval_acc`` (inherited from OpenOOD v1), which reports the paper's ECE.
     What that code does, precisely:
 
@@ -328,7 +328,7 @@ def classification_metrics(
 ) -> dict[str, float]:
     """Accuracy and calibration of an in-distribution test set, for K or K+1 (MOON) heads.
 
-    Decision (moon-jax default, see docs/moon_reference.md "Decisions" table): a K+1 model is
+    Decision (moon-jax default): a K+1 model is
     judged as the K-class classifier it contains.  With ``num_known = K`` and ``logits`` of
     shape (N, K+1):
 

@@ -2,7 +2,7 @@
 
 Conventions follow OpenOOD (Yang et al., "OpenOOD: Benchmarking Generalized OOD Detection",
 NeurIPS 2022 Datasets & Benchmarks; v1.5: Zhang et al. 2023) and the MOON reference code
-(github.com/StevenBoys/MOON @ 22c1841, ``openood/evaluators/metrics.py``, an OpenOOD v1
+(github.com/StevenBoys/MOON @ 22c1841, its OOD metrics, an OpenOOD v1
 copy), with one deliberate fix: the FPR@TPR lookup uses the complete ROC curve
 (``drop_intermediate=False``).  With sklearn's default ``drop_intermediate=True`` (which the
 reference uses) collinear ROC points are removed, which can delete the first point with
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: OOD sets counted as **near-OOD**; every other OOD set is far-OOD. OpenOOD v1.5's CIFAR
-#: benchmarks (``openood/evaluation_api/datasets.py``): for ID CIFAR-10 near = {CIFAR-100,
+#: benchmarks (its evaluation API's dataset lists): for ID CIFAR-10 near = {CIFAR-100,
 #: TinyImageNet}, for ID CIFAR-100 near = {CIFAR-10, TinyImageNet}; far = {MNIST, SVHN, Textures,
 #: Places365}. Here ``tin_resize`` is the resized TinyImageNet; ``cifar10`` is an OOD set only when
 #: the ID set is another dataset (CIFAR-100). Everything else -- ``mnist``, ``textures_subset``,

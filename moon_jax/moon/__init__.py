@@ -22,11 +22,13 @@ from moon_jax.moon.averaging import (
     BatchStatsAccumulator,
     accumulate_batch_stats,
     add_snapshot,
+    averaged_params,
     averaging_start_epoch,
     find_averaging_state,
     init_batch_stats_accumulator,
     is_snapshot_step,
     weight_averaging,
+    weights_outside_masks,
 )
 from moon_jax.moon.dropconnect import apply_keep_masks, dropconnect_keep_masks, restore_dropped
 from moon_jax.moon.loss import (

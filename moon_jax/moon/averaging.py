@@ -1,7 +1,7 @@
 """MOON's "voting": epoch-wise weight averaging, and BatchNorm statistics for the average.
 
-The reference (``openood/pipelines/train_pipeline.py``, ``openood/trainers/base_trainer.py``,
-``openood/utils/average.py``) keeps a uniform running mean of the network's parameters over the
+The reference code (github StevenBoys/MOON: its training pipeline, base trainer and averaging
+utility) keeps a uniform running mean of the network's parameters over the
 last ``deduct`` (20 of 100) epochs, during which the learning rate is constant: it copies the
 network at the end of epoch ``E - deduct`` and then averages it with the network after each of the
 first 10% of iterations of every later epoch (``(step - 1) // (iters // 10) == 0``). After every
@@ -59,8 +59,9 @@ def weight_averaging() -> optax.GradientTransformationExtraArgs:
         del extra_args
         if params is None:
             raise ValueError("weight_averaging needs `params` in update()")
-        new_params = optax.apply_updates(params, updates)
-        return updates, add_snapshot(state, new_params, take_snapshot)
+        if take_snapshot is False:
+            return updates, state
+        return updates, add_snapshot(state, optax.apply_updates(params, updates), take_snapshot)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -71,8 +72,36 @@ def find_averaging_state(opt_state: PyTree) -> "AveragingState | None":
     return optax.tree_utils.tree_get(opt_state, "AveragingState")
 
 
+def averaged_params(opt_state: PyTree) -> "tuple[PyTree, int] | None":
+    """``(average, number of snapshots)`` of the weight average in an optimizer state, or
+    ``None`` when there is no averaging or no snapshot yet (host-side: reads the count)."""
+    found = find_averaging_state(opt_state)
+    if found is None or int(found.count) == 0:
+        return None
+    return found.average, int(found.count)
+
+
+def weights_outside_masks(params: PyTree, masks: PyTree) -> int:
+    """Host-side: the number of nonzero weights at positions the masks mark inactive.
+
+    The weight average of snapshots that share one mask has exactly that mask's support, so
+    this is 0 unless a mask update happened after averaging began.
+    """
+    outside = 0
+    for mask, p in zip(jax.tree.leaves(masks, is_leaf=lambda x: x is None), jax.tree.leaves(params)):
+        if mask is not None:
+            outside += int(jnp.count_nonzero(jnp.where(mask, 0, p)))
+    return outside
+
+
 def add_snapshot(state: AveragingState, params: PyTree, take_snapshot=True) -> AveragingState:
-    """Folds ``params`` into the running mean when ``take_snapshot`` (else returns ``state``)."""
+    """Folds ``params`` into the running mean when ``take_snapshot`` (else returns ``state``).
+
+    A Python ``False`` returns ``state`` itself, so a compiled step that never snapshots neither
+    reads nor writes the average; a traced bool selects inside the computation.
+    """
+    if take_snapshot is False:
+        return state
     take = jnp.asarray(take_snapshot, bool)
     count = state.count + take.astype(jnp.int32)
     scale = 1.0 / jnp.maximum(count, 1).astype(jnp.float32)
@@ -95,10 +124,20 @@ def is_snapshot_step(step, steps_per_epoch: int, total_epochs: int, averaging_ep
     ``epoch``: the last iteration of every epoch from ``E - deduct`` (1-based) to ``E``.
     ``reference``: the last iteration of epoch ``E - deduct``, then the first
     ``steps_per_epoch // 10`` iterations of every later epoch.
-    Works on Python ints and traced values alike. ``averaging_epochs = 0`` never snapshots.
+    Python ints give a Python bool (no device work: the training loop decides on the host);
+    traced values give a traced bool. ``averaging_epochs = 0`` never snapshots.
     """
     if trigger not in TRIGGERS:
         raise ValueError(f"unknown averaging trigger {trigger!r}; allowed: {', '.join(TRIGGERS)}")
+    if isinstance(step, int):
+        if averaging_epochs <= 0:
+            return False
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        start = averaging_start_epoch(total_epochs, averaging_epochs)
+        last_of_epoch = in_epoch == steps_per_epoch - 1
+        if trigger == "epoch":
+            return epoch >= start and last_of_epoch
+        return (epoch == start and last_of_epoch) or (epoch > start and in_epoch < max(steps_per_epoch // 10, 1))
     if averaging_epochs <= 0:
         return jnp.zeros((), bool)
     step = jnp.asarray(step)

@@ -1,8 +1,8 @@
 """MOON's unknown-aware loss with automatic tuning of its coefficient alpha.
 
 The network has K+1 outputs; the last one is "unknown" and never receives a target. For a batch
-with logits z (N, K+1) and labels y in {0..K-1} (notation of the reference code,
-``openood/losses/extra_c_loss.py``, a modified Deep Abstaining Classifier loss, Thulasidasan et
+with logits z (N, K+1) and labels y in {0..K-1} (notation of the reference code's
+extra-class loss, github StevenBoys/MOON, a modified Deep Abstaining Classifier loss, Thulasidasan et
 al. 2019):
 
 * ``h_i = -log softmax(z_i)[y_i]``: cross-entropy over all K+1 outputs;

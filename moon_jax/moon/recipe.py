@@ -1,6 +1,6 @@
 """The reference training recipe's learning-rate schedule and the K+1 head size.
 
-Learning rate (``openood/trainers/base_trainer.py``, ``lr_tmp`` with ``cosine_annealing``):
+Learning rate (the reference's base trainer, ``lr_tmp`` with ``cosine_annealing``):
 ``base_lr * m(t)`` where the multiplier ``m`` follows a cosine from ``lr_ini`` to ``lr_end`` over the
 first ``(E - deduct)`` epochs, per iteration, and stays at ``lr_end`` for the last ``deduct``
 epochs, during which the weights are averaged. README values: base 0.1, lr_ini 1.2, lr_end 0.08,

@@ -6,8 +6,8 @@ FPR@95 (``ood_evaluation_notes.md``, section 1.1). For a K+1 model every score e
 ``moon_msp`` and ``known_probability`` uses the first K logits only (the unknown output left
 out), so that the same score means the same thing for a MOON model and for its baseline.
 
-* :func:`moon_msp` (the default for MOON, as the reference evaluates it,
-  ``openood/postprocessors/base_postprocessor.py``): the softmax over all K+1 outputs, then the
+* :func:`moon_msp` (the default for MOON, as the reference evaluates it with
+  OpenOOD's base postprocessor): the softmax over all K+1 outputs, then the
   maximum over the first K. The unknown output works by taking probability mass from the known
   classes.
 * :func:`msp`: maximum softmax probability of the first K logits (Hendrycks & Gimpel 2017, "A
@@ -106,7 +106,7 @@ def score(name: str, logits, num_known: int) -> np.ndarray:
     return _FUNCTIONS[name](logits, num_known)
 
 
-def default_scores(has_unknown: bool) -> tuple[str, ...]:
+def default_logit_scores(has_unknown: bool) -> tuple[str, ...]:
     """Logit scores reported by default; the first one is the primary score.
 
     K+1 (MOON) model: ``moon_msp`` first (the reference's score), then MSP, 1 - p_unknown,

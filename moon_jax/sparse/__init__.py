@@ -25,6 +25,7 @@ from moon_jax.sparse.updaters import (
     drop_and_grow,
     make_updater,
     map_masked,
+    masked_density,
     masks_equal,
     top_k_mask,
 )

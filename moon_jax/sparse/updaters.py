@@ -19,7 +19,7 @@ Update rules are pure functions ``(state, params, grads, rng) -> (state, params)
 ``k = floor(f(t) * nnz_l)`` with ``f`` the cosine-decayed drop fraction
 (:mod:`moon_jax.sparse.schedule`); RigL's official code floors, the MOON reference takes the
 ceiling (at most one weight per layer of difference). ``nnz_l`` is the layer's exact, static
-count, so every update keeps it exactly. Selection is by rank (an exact radix select,
+count, so every update keeps it exactly. Selection is by rank (an exact byte-wise radix select,
 :func:`top_k_mask`), so ``k`` can be a traced value and one compilation serves every update;
 ties break towards the lower flat index.
 
@@ -81,6 +81,17 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     return map_masked(lambda m, p: jnp.where(m, p, jnp.zeros_like(p)), masks, params)
 
 
+def masked_density(params: PyTree, masks: PyTree) -> jax.Array:
+    """Share of nonzero weights over the masked layers, measured on the values (a JAX scalar):
+    the achieved density of the weights themselves, whatever the masks say."""
+    nonzero = total = 0
+    for mask, p in zip(jax.tree.leaves(masks, is_leaf=_is_none), jax.tree.leaves(params)):
+        if mask is not None:
+            nonzero = nonzero + jnp.count_nonzero(p)
+            total += p.size
+    return jnp.asarray(nonzero, jnp.float32) / max(total, 1)
+
+
 def _order_preserving_keys(x: jax.Array) -> jax.Array:
     """uint32 keys with the order of the float32 values (negatives flipped, sign bit set on the
     rest); -0.0 is mapped to 0.0 first so that equal floats get equal keys."""
@@ -94,22 +105,31 @@ def top_k_mask(scores: jax.Array, k) -> jax.Array:
 
     ``k`` may be traced. Ties break deterministically towards the lower flat index, so the
     result never depends on the backend. An exact radix select instead of a sort: the k-th
-    largest value is found bit by bit from the most significant one (32 counting passes over
-    order-preserving integer keys of the float32 scores), then ties at that value are taken in
-    index order. O(32 n) bandwidth-bound work with no data-dependent shapes; 12x faster than an
-    argsort on CPU for a 2.4M-weight layer. ``-inf`` sorts lowest, NaN highest.
+    largest value is found one byte at a time from the most significant one, over
+    order-preserving integer keys of the float32 scores (4 passes, each a 256-bin histogram of
+    the next byte among the keys that share the bytes chosen so far), then ties at that value are
+    taken in index order. O(n) work per pass, no data-dependent shapes, and few kernels: on CPU
+    about as fast as the bit-by-bit select (32 counting passes) it replaced and 10x faster than
+    an argsort for a 2.4M-weight layer. ``-inf`` sorts lowest, NaN highest.
     """
     flat = scores.reshape(-1)
     keys = _order_preserving_keys(flat)
     k = jnp.asarray(k, jnp.int32)
-    threshold = jnp.uint32(0)
-    for bit in range(31, -1, -1):  # the largest key t with count(keys >= t) >= k
-        candidate = threshold | jnp.uint32(1 << bit)
-        threshold = jnp.where(jnp.sum(keys >= candidate, dtype=jnp.int32) >= k, candidate, threshold)
-    above = keys > threshold
-    ties = keys == threshold
+    prefix = jnp.uint32(0)  # the bytes of the k-th largest key found so far
+    above = jnp.int32(0)  # keys whose leading bytes already exceed the prefix
+    digits = jnp.arange(256, dtype=jnp.int32)
+    for shift in (24, 16, 8, 0):
+        candidates = jnp.ones(keys.shape, jnp.int32) if shift == 24 else ((keys >> (shift + 8)) == prefix).astype(jnp.int32)
+        digit = ((keys >> shift) & 0xFF).astype(jnp.int32)
+        counts = jnp.zeros(256, jnp.int32).at[digit].add(candidates)
+        at_least = jnp.cumsum(counts[::-1])[::-1]  # candidates whose byte is >= d
+        chosen = jnp.max(jnp.where(above + at_least >= k, digits, 0))
+        above = above + at_least[chosen] - counts[chosen]
+        prefix = (prefix << 8) | chosen.astype(jnp.uint32)
+    larger = keys > prefix
+    ties = keys == prefix
     tie_rank = jnp.cumsum(ties, dtype=jnp.int32)
-    return (above | (ties & (tie_rank <= k - jnp.sum(above, dtype=jnp.int32)))).reshape(scores.shape)
+    return (larger | (ties & (tie_rank <= k - jnp.sum(larger, dtype=jnp.int32)))).reshape(scores.shape)
 
 
 def drop_and_grow(mask: jax.Array, drop_score: jax.Array, grow_score: jax.Array, k, nonzeros: int) -> jax.Array:
@@ -238,15 +258,6 @@ class SparseUpdater:
         return state._replace(step=state.step + 1)
 
     # ----------------------------------------------------------------- reporting
-    def layer_nonzeros(self, masks: PyTree) -> dict[str, int]:
-        """Actual number of active weights per masked leaf (host-side)."""
-        leaves = jax.tree.leaves(masks, is_leaf=_is_none)
-        return {
-            name: int(jnp.sum(mask))
-            for name, mask in zip(self.names, leaves)
-            if mask is not None
-        }
-
     def layer_density_report(self, masks: PyTree) -> dict[str, float]:
         """Mask density of every sparsifiable layer (1.0 for those kept dense), host-side."""
         leaves = jax.tree.leaves(masks, is_leaf=_is_none)

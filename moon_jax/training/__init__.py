@@ -1,19 +1,36 @@
-"""The training loop and everything it needs: config, state and steps, data on device,
-checkpoints, progress reporting.
+"""Training: the config and its validation, what the config builds (setup), the state and the
+jitted steps, device placement, the resumable loop, checkpoints, progress reporting.
 
-The loop's names (``train_and_evaluate``, ``build_run``, ...) are loaded on first use, so that
-``moon_jax.evaluation`` can import the state types from here without a cycle.
+Imports only the method and leaf packages (``sparse``, ``moon``, ``models``, ``data``); periodic
+and final evaluation come from the caller (``moon_jax.programs.train_and_evaluate``).
 """
 from moon_jax.training.checkpoint import CheckpointError, Checkpointer
-from moon_jax.training.config import ConfigError, base_config, validate_config
-from moon_jax.training.trainer import TrainState, Trainer
-
-_LOOP_NAMES = ("NonFiniteError", "Preempted", "build_run", "build_trainer", "train_and_evaluate")
-
-
-def __getattr__(name):
-    if name in _LOOP_NAMES:
-        from moon_jax.training import loop
-
-        return getattr(loop, name)
-    raise AttributeError(f"module 'moon_jax.training' has no attribute {name!r}")
+from moon_jax.training.config import ConfigError, base_config, describe_method, validate_config
+from moon_jax.training.input_pipeline import RunData, load_run_data
+from moon_jax.training.devices import DataParallel, batched_device_function, on_devices, to_global
+from moon_jax.training.loop import (
+    NonFiniteError,
+    Preempted,
+    build_run,
+    compile_steps,
+    refresh_averaged_batch_stats,
+    train,
+    training_batches,
+)
+from moon_jax.training.setup import (
+    BatchSplit,
+    EpochSchedule,
+    Preprocessing,
+    TrainingSetup,
+    abstract_train_state,
+    create_batch_split,
+    create_epoch_schedule,
+    create_learning_rate_fn,
+    create_model,
+    create_moon_loss,
+    create_optimizer,
+    create_sparse_updater,
+    create_train_state,
+    create_training_setup,
+)
+from moon_jax.training.state import TrainState

@@ -84,14 +84,13 @@ def describe_shapes(state) -> dict[str, list[int]]:
 class Checkpointer:
     """Saves and restores train states under ``<workdir>/checkpoints``."""
 
-    def __init__(self, workdir, max_to_keep: int = 2, primary_host: bool = True):
+    def __init__(self, workdir, max_to_keep: int = 2):
         self.directory = Path(workdir).absolute() / "checkpoints"
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
             item_names=("state", "meta"),
         )
-        self.primary_host = primary_host
 
     def latest_step(self) -> Optional[int]:
         """The step of the newest complete checkpoint, or ``None``."""
@@ -101,7 +100,9 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, config: ml_collections.ConfigDict, extra: Optional[dict] = None) -> None:
-        """Writes a checkpoint of ``state`` at ``step`` and waits until it is complete."""
+        """Starts writing a checkpoint of ``state`` at ``step`` and returns once the arrays are
+        copied off the device; the files are written in the background (orbax's asynchronous
+        save). The next save, :meth:`wait_until_finished` or :meth:`close` waits for it."""
         meta = {
             "step": int(step),
             "config": json.loads(config.to_json_best_effort()),
@@ -114,6 +115,9 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
+
+    def wait_until_finished(self) -> None:
+        """Blocks until the checkpoint being written (if any) is complete on disk."""
         self._manager.wait_until_finished()
 
     def read_meta(self, step: Optional[int] = None) -> dict:
@@ -181,4 +185,5 @@ class Checkpointer:
         return restored.state, meta
 
     def close(self) -> None:
+        """Waits for a checkpoint being written, then releases the manager's threads."""
         self._manager.close()

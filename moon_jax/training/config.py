@@ -25,8 +25,23 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and what is allowed."""
 
 
+def describe_method(config) -> str:
+    """``MOON + rigl 90% erk``-style description of a run's method, for logs and tables."""
+    name = config.sparse.method
+    if config.sparse.method != "dense":
+        name += f" {100 * config.sparse.sparsity:g}% {config.sparse.distribution}"
+    return ("MOON + " if config.moon.enabled else "") + name
+
+
 def base_config() -> ml_collections.ConfigDict:
-    """All fields with their defaults (the CIFAR-10 / ResNet-18 reference recipe)."""
+    """All fields with their defaults: the MOON reference recipe for CIFAR-10 / ResNet-18
+    (github StevenBoys/MOON README), the one source of those values.
+
+    100 epochs, batch 128, SGD with Nesterov momentum 0.9 and weight decay 5e-4, learning rate
+    0.1 x a cosine multiplier 1.2 -> 0.08 over 80 epochs then constant for the last 20 (weight
+    averaging); RigL 90% ERK, mask updates every 80 iterations in the first 70% of training with
+    drop fraction 0.3 (cosine); MOON with 5 warm-up epochs and alpha EWMA/64 -> 1.0.
+    """
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -62,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 5e-4
     c.train.log_every_steps = 50
     c.train.eval_every_epochs = 10  # 0 = only at the end
-    c.train.checkpoint_every_epochs = 1
+    c.train.checkpoint_every_epochs = 5  # asynchronous; also at the end, on SIGTERM and at --stop_at_step
     c.train.checkpoints_to_keep = 2
     c.train.progress_bar = True
     c.train.batch_shards = 0  # BatchNorm/gradient shards of the global batch; 0 = one per device
@@ -86,46 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.moon.alpha_final = 1.0  # reference w_out
     c.moon.averaging_epochs = 20  # weight averaging over the last epochs; 0 = off
     c.moon.averaging_trigger = "epoch"  # epoch | reference
-    c.moon.bn_refresh = "every_epoch"  # every_epoch | final
     c.moon.dropconnect_rate = 0.0  # CigL random mask; the reference uses 0.01
 
     c.eval = ml_collections.ConfigDict()
     c.eval.ece_bins = 15
     c.eval.scores = ()  # () = the defaults for the model (MOON scores or MSP + energy)
     return c
-
-
-def apply_reference_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Sets the MOON reference schedule for 32x32 datasets (github StevenBoys/MOON README).
-
-    100 epochs, batch 128, SGD with Nesterov momentum 0.9 and weight decay 5e-4, learning rate
-    0.1 x a cosine multiplier 1.2 -> 0.08 over 80 epochs then constant for the last 20 (weight
-    averaging); RigL 90% ERK, mask updates every 80 iterations in the first 70% of training with
-    drop fraction 0.3 (cosine); MOON with 5 warm-up epochs and alpha EWMA/64 -> 1.0.
-    """
-    config.model.name = "resnet18"
-    config.train.epochs = 100
-    config.train.batch_size = 128
-    config.train.optimizer = "sgd"
-    config.train.base_lr = 0.1
-    config.train.lr_ini = 1.2
-    config.train.lr_end = 0.08
-    config.train.constant_lr_epochs = 20
-    config.train.momentum = 0.9
-    config.train.nesterov = True
-    config.train.weight_decay = 5e-4
-    config.sparse.method = "rigl"
-    config.sparse.sparsity = 0.9
-    config.sparse.distribution = "erk"
-    config.sparse.update_every = 80
-    config.sparse.drop_fraction = 0.3
-    config.sparse.end_fraction = 0.7
-    config.moon.enabled = True
-    config.moon.warmup_epochs = 5
-    config.moon.alpha_init_factor = 64.0
-    config.moon.alpha_final = 1.0
-    config.moon.averaging_epochs = 20
-    return config
 
 
 def _fail(field: str, value: Any, allowed: str) -> ConfigError:
@@ -265,7 +246,6 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     _check_number(config, "moon.alpha_final", 0.0, float("inf"))
     _check_positive_int(config, "moon.averaging_epochs", allow_zero=True)
     _check_choice(config, "moon.averaging_trigger", TRIGGERS)
-    _check_choice(config, "moon.bn_refresh", ("every_epoch", "final"))
     _check_number(config, "moon.dropconnect_rate", 0.0, 1.0, high_open=True)
     if config.moon.enabled and config.train.epochs <= config.moon.warmup_epochs + 1:
         raise _fail(

@@ -18,6 +18,7 @@ import numpy as np
 
 from moon_jax import data as data_lib
 from moon_jax.data import ImageDataset
+from moon_jax.training.devices import to_global
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -117,16 +118,6 @@ def load_run_data(config, with_ood: bool = True) -> RunData:
     mean, std = normalization_constants(config.data.dataset, train)
     ood = load_ood_data(config, train.image_shape) if with_ood else {}
     return RunData(train=train, test=test, ood=ood, num_classes=num_classes, mean=mean, std=std)
-
-
-def to_global(array: np.ndarray, sharding) -> jax.Array:
-    """A host array (identical on every process) as a global array with ``sharding``.
-
-    Works with one process and with many (multi-host TPU pods): each process fills only the
-    shards of its own devices.
-    """
-    array = np.asarray(array)
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 class DeviceDataset:

@@ -1,40 +1,45 @@
-"""``train_and_evaluate(config, workdir)``: the whole run, resumable from its latest checkpoint.
+"""``train(config, workdir, data, setup)``: the training loop, resumable from its latest checkpoint.
 
 Re-running the same command continues from the newest checkpoint in ``workdir``: the state holds
 everything (parameters, BatchNorm statistics, optimizer state with the weight average, masks,
 MOON state, step, key), and the data order is a pure function of (seed, epoch), so the data
 position is the step itself. SIGTERM (preemption) saves a checkpoint before exiting; a
 non-finite loss or gradient stops the run with the previous checkpoint intact.
+
+Around the jitted steps the loop keeps the device busy: it decides on the host which compiled
+step runs (mask update, weight snapshot, or neither) from Python ints; it reads the metrics of
+each logging interval one interval later (their device-to-host copy is started when they are
+reduced, so reading them never waits for the queue of steps to drain); checkpoints are written
+asynchronously (only the next save, or the end of the run, waits for one); and the BatchNorm
+statistics of the weight average are recomputed only when a result uses them (the end of
+training; evaluation of an earlier checkpoint recomputes them itself). Periodic evaluation is
+the caller's (``periodic_eval``): this package does not import the evaluation package.
 """
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from moon_jax import moon, sparse
-from moon_jax.data import ImageDataset, epoch_batch_indices, steps_per_epoch
-from moon_jax.evaluation.evaluate import evaluate_model, format_results, on_devices
-from moon_jax.evaluation.runner import averaged_model, evaluate_state, masked_density, method_name
-from moon_jax.models import create_model
-from moon_jax.moon.averaging import init_batch_stats_accumulator
-from moon_jax.sparse.leaves import SparsityRule
+from moon_jax.data import ImageDataset, epoch_batch_indices
+from moon_jax.training import steps
 from moon_jax.training.checkpoint import Checkpointer
-from moon_jax.training.config import ConfigError, validate_config
+from moon_jax.training.config import describe_method, validate_config
+from moon_jax.training.devices import DataParallel
 from moon_jax.training.input_pipeline import DeviceDataset, HostStreamDataset, RunData, load_run_data
 from moon_jax.training.reporting import MetricWriter, ProgressBar
-from moon_jax.moon import find_averaging_state
-from moon_jax.training.trainer import TrainState, Trainer
+from moon_jax.training.setup import TrainingSetup, abstract_train_state, create_train_state, create_training_setup
+from moon_jax.training.state import TrainState
 
 
 class NonFiniteError(RuntimeError):
@@ -49,147 +54,107 @@ class Preempted(SystemExit):
         self.message = message
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
+    """Prints on process 0 only (every process of a multi-host job runs the same loop)."""
     if jax.process_index() == 0:
         print(message, flush=True)
 
 
 # ----------------------------------------------------------------------------- construction
-def build_trainer(
-    config: ml_collections.ConfigDict, num_train: int, num_classes: int, image_shape, mean, std, mesh: Optional[Mesh] = None
-) -> Trainer:
-    """The :class:`Trainer` a config describes, for a training set of ``num_train`` images.
-
-    ``mesh``: the devices the batch is split over (``None``: the default device only).
-    """
-    spe = steps_per_epoch(num_train, config.train.batch_size)
-    if spe == 0:
-        raise ValueError(
-            f"config.train.batch_size = {config.train.batch_size} is larger than the training set "
-            f"({num_train} images): use a smaller batch size"
-        )
-    total_steps = spe * config.train.epochs
-    end_step = int(round(config.sparse.end_fraction * total_steps))
-    if config.sparse.method in ("set", "rigl") and config.sparse.update_every > end_step:
-        raise ConfigError(
-            f"config.sparse.update_every = {config.sparse.update_every} is not valid: mask updates stop at step "
-            f"{end_step} (sparse.end_fraction {config.sparse.end_fraction} of {total_steps} steps = "
-            f"{config.train.epochs} epochs x {spe}), so {config.sparse.method} would never update its masks; "
-            f"use at most {max(end_step, 1)} or method 'static'"
-        )
-    use_moon = bool(config.moon.enabled)
-    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-    model_kwargs = {"width": config.model.width} if config.model.width else {}
-    model = create_model(config.model.name, moon.num_outputs(num_classes, use_moon), dtype=dtype, **model_kwargs)
-    schedule = sparse.UpdateSchedule(
-        update_every=config.sparse.update_every,
-        end_step=end_step,
-        drop_fraction=config.sparse.drop_fraction,
-    )
-    rule = SparsityRule(
-        dense_first_layer=config.sparse.dense_first_layer, dense_last_layer=config.sparse.dense_last_layer
-    )
-    abstract_params = jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False)
-    )["params"]
-    updater = sparse.make_updater(
-        abstract_params, config.sparse.method, config.sparse.sparsity, config.sparse.distribution, schedule, rule
-    )
-    lr = moon.cosine_then_constant(
-        config.train.base_lr, config.train.lr_ini, config.train.lr_end, spe, config.train.epochs,
-        config.train.constant_lr_epochs,
-    )
-    if config.train.optimizer == "sgd":
-        inner = sparse.sgd_nesterov(lr, config.train.momentum, config.train.weight_decay, config.train.nesterov)
-    else:
-        inner = sparse.adamw(lr, weight_decay=config.train.weight_decay)
-    averaging_epochs = config.moon.averaging_epochs if use_moon else 0
-    parts = [sparse.masked_updates(inner)]
-    if averaging_epochs:
-        parts.append(moon.weight_averaging())
-    tx = optax.chain(*parts)
-    moon_config = (
-        moon.MoonLossConfig(
-            total_epochs=config.train.epochs,
-            warmup_epochs=config.moon.warmup_epochs,
-            ewma_mu=config.moon.ewma_mu,
-            alpha_init_factor=config.moon.alpha_init_factor,
-            alpha_final=config.moon.alpha_final,
-        )
-        if use_moon
-        else None
-    )
-    return Trainer(
-        model=model,
-        tx=tx,
-        updater=updater,
-        num_classes=num_classes,
-        moon_config=moon_config,
-        steps_per_epoch=spe,
-        total_epochs=config.train.epochs,
-        averaging_epochs=averaging_epochs,
-        averaging_trigger=config.moon.averaging_trigger,
-        augment=config.data.augment,
-        mean=tuple(mean),
-        std=tuple(std),
-        dropconnect_rate=float(config.moon.dropconnect_rate) if use_moon else 0.0,
-        lr_schedule=lr,
-        rule=rule,
-        num_shards=config.train.batch_shards or (mesh.size if mesh is not None else 1),
-        mesh=mesh,
-        exact_reduction=config.train.exact_reduction,
-    )
-
-
-def build_run(config: ml_collections.ConfigDict, with_ood: bool = True):
-    """Validates the config, loads the data, builds the trainer over every device: ``(data, trainer)``."""
+def build_run(config: ml_collections.ConfigDict, with_ood: bool = True) -> tuple[RunData, TrainingSetup]:
+    """Validates the config, loads the data, builds the setup over every device."""
     validate_config(config, num_devices=jax.device_count())
     data = load_run_data(config, with_ood=with_ood)
-    mesh = Shardings().mesh
-    trainer = build_trainer(config, len(data.train), data.num_classes, data.image_shape, data.mean, data.std, mesh)
-    return data, trainer
+    setup = create_training_setup(
+        config, len(data.train), data.num_classes, data.image_shape, data.mean, data.std, DataParallel().mesh
+    )
+    return data, setup
 
 
-class Shardings:
-    """Data parallelism over every device: a 1-D mesh, batch split, state replicated."""
+class CompiledSteps(NamedTuple):
+    """The jitted steps of a setup, each compiled once (on first use) and reused.
 
-    def __init__(self, mesh: Optional[Mesh] = None):
-        self.mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), ("data",))
-        self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.batch = NamedSharding(self.mesh, PartitionSpec("data"))
+    ``train`` takes ``take_snapshot`` as a static argument: two variants, the one that
+    snapshots runs only at snapshot steps.
+    """
 
-
-def abstract_state(trainer: Trainer, image_shape, sharding=None) -> TrainState:
-    """Shapes and dtypes (and ``sharding``, if given) of a fresh state, to restore into."""
-    shapes = jax.eval_shape(lambda: trainer.init_state(jax.random.PRNGKey(0), image_shape))
-    if sharding is None:
-        return shapes
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+    train: Callable
+    mask_update: Callable
+    accumulate_batch_stats: Callable
 
 
-# ----------------------------------------------------------------------------- helpers
-def _refresh_averaged_batch_stats(state: TrainState, train: DeviceDataset, batch_size: int, seed: int, accumulate) -> TrainState:
-    """Recomputes the averaged model's BatchNorm statistics with one pass over the train set.
+def compile_steps(setup: TrainingSetup, placement: DataParallel) -> CompiledSteps:
+    """Binds the setup to the step functions and jits them (state donated, replicated)."""
+    out = (placement.replicated, placement.replicated)
+    return CompiledSteps(
+        train=jax.jit(
+            functools.partial(steps.train_step, setup), donate_argnums=0, out_shardings=out,
+            static_argnames="take_snapshot",
+        ),
+        mask_update=jax.jit(functools.partial(steps.mask_update_step, setup), donate_argnums=0, out_shardings=out),
+        accumulate_batch_stats=jax.jit(functools.partial(steps.accumulate_batch_stats, setup)),
+    )
+
+
+def training_batches(data: RunData, placement: DataParallel, config):
+    """The training set as the loop reads it: on the device(s) when it fits in memory, else
+    streamed from the host with prefetching."""
+    if isinstance(data.train, ImageDataset):
+        return DeviceDataset(data.train, placement.replicated, placement.batch)
+    return HostStreamDataset(data.train, placement.batch, config.seed, config.data.random_resized_crop)
+
+
+# ----------------------------------------------------------------------------- BatchNorm refresh
+def refresh_averaged_batch_stats(
+    state: TrainState, train_data, batch_size: int, seed: int, accumulate: Callable
+) -> TrainState:
+    """Recomputes the weight average's BatchNorm statistics with one pass over the train set
+    (``accumulate``: the compiled :func:`~moon_jax.training.steps.accumulate_batch_stats`).
 
     The pass uses a fixed order and fixed augmentation keys, so the result is a deterministic
-    function of the averaged parameters (resumption stays exact).
+    function of the averaged parameters (resumption stays exact). A no-op when the statistics
+    are already those of the current average or the model has no BatchNorm.
     """
-    avg = find_averaging_state(state.opt_state)
-    if avg is None or not state.batch_stats:
+    found = moon.find_averaging_state(state.opt_state)
+    if found is None or not state.batch_stats:
         return state
-    acc = init_batch_stats_accumulator(state.batch_stats)
-    indices = epoch_batch_indices(train.size, batch_size, seed, 10**6)
+    count = int(found.count)
+    if count == 0 or int(state.averaged_batch_stats_snapshots) == count:
+        return state
+    acc = moon.init_batch_stats_accumulator(state.batch_stats)
+    indices = epoch_batch_indices(train_data.size, batch_size, seed, 10**6)
     key = jax.random.PRNGKey(seed + 1)
     for i, row in enumerate(indices):
-        images, _ = train.batch(row)
-        acc = accumulate(avg.average, acc, images, jax.random.fold_in(key, i))
-    return state._replace(averaged_batch_stats=acc.mean_stats)
+        images, _ = train_data.batch(row)
+        acc = accumulate(found.average, acc, images, jax.random.fold_in(key, i))
+    return state._replace(
+        averaged_batch_stats=acc.mean_stats,
+        averaged_batch_stats_snapshots=jnp.asarray(count, jnp.int32),
+    )
 
 
-def _mean_metrics(pending: list) -> dict:
-    host = jax.device_get(pending)
-    keys = [k for k in host[0] if k != "finite"]
-    return {k: float(np.mean([m[k] for m in host])) for k in keys}
+# ----------------------------------------------------------------------------- metrics
+@jax.jit
+def _summarize(records: list) -> dict:
+    """Mean of every float metric over a logging interval; the latest non-finite marker."""
+    out = {k: jnp.mean(jnp.stack([r[k] for r in records])) for k in records[0] if k != "nonfinite_step"}
+    out["nonfinite_step"] = records[-1]["nonfinite_step"]
+    return out
+
+
+class _PendingSummary(NamedTuple):
+    step: int
+    epoch: int
+    values: dict
+
+
+def _start_summary(records: list, step: int, epoch: int, extra: dict) -> _PendingSummary:
+    """Reduces the interval's metrics on the device (plus ``extra`` device scalars measured at
+    its end) and starts their copy to the host."""
+    values = dict(_summarize(records), **extra)
+    for v in values.values():
+        v.copy_to_host_async()
+    return _PendingSummary(step, epoch, values)
 
 
 def _truncate_metrics_log(workdir: Path, step: int) -> None:
@@ -208,48 +173,50 @@ def _write_config(workdir: Path, config) -> None:
 
 
 # ----------------------------------------------------------------------------- the run
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir, evaluate_at_end: bool = True, stop_at_step: Optional[int] = None
-) -> dict:
-    """Trains (resuming from ``workdir`` if a checkpoint is there), evaluates, writes results.
+def train(
+    config: ml_collections.ConfigDict,
+    workdir,
+    data: RunData,
+    setup: TrainingSetup,
+    periodic_eval: Optional[Callable[[TrainingSetup, TrainState], dict]] = None,
+    stop_at_step: Optional[int] = None,
+) -> Optional[TrainState]:
+    """Trains (resuming from ``workdir`` if a checkpoint is there) and returns the final state.
 
-    Returns the final evaluation results (see :func:`moon_jax.evaluation.evaluate_logits`); they
-    are also written to ``<workdir>/eval.json`` and printed as a Markdown table. With
-    ``stop_at_step`` the run saves a checkpoint at that global step and returns ``{}`` (a later
-    call continues it).
+    The final state's weight average (when there is one) has its BatchNorm statistics
+    recomputed, and is saved. ``periodic_eval(setup, state)`` runs every
+    ``config.train.eval_every_epochs`` epochs (not after the last one); its float results are
+    logged as ``eval`` records. With ``stop_at_step`` the run saves a checkpoint at that global
+    step and returns ``None`` (a later call continues it).
     """
     workdir = Path(workdir)
     primary = jax.process_index() == 0
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
-    data, trainer = build_run(config)
-    shard = Shardings(trainer.mesh)
+    placement = DataParallel(setup.split.mesh)
     checkpointer = Checkpointer(workdir, config.train.checkpoints_to_keep)
     writer = MetricWriter(workdir, enabled=primary)
+    schedule = setup.schedule
+    spe, total = schedule.steps_per_epoch, schedule.total_steps
 
-    image_shape = data.image_shape
     latest = checkpointer.latest_step()
     if latest is None:
-        init = jax.jit(lambda key: trainer.init_state(key, image_shape), out_shardings=shard.replicated)
+        init = jax.jit(lambda key: create_train_state(setup, key, data.image_shape), out_shardings=placement.replicated)
         state = init(jax.random.PRNGKey(config.seed))
         if primary:
             _write_config(workdir, config)
-        _log(f"new run in {workdir}")
+        log(f"new run in {workdir}")
     else:
-        state, meta = checkpointer.restore(abstract_state(trainer, image_shape, shard.replicated), config)
-        _log(f"resuming {workdir} from the checkpoint at step {latest} (epoch {meta.get('epoch', '?')})")
+        state, meta = checkpointer.restore(abstract_train_state(setup, data.image_shape, placement.replicated), config)
+        log(f"resuming {workdir} from the checkpoint at step {latest} (epoch {meta.get('epoch', '?')})")
         if primary:
             _truncate_metrics_log(workdir, latest)
-    _print_run_summary(config, data, trainer, state)
+    _print_run_summary(config, data, setup, state)
 
-    state_out = (shard.replicated, shard.replicated)
-    train_step = jax.jit(trainer.train_step, donate_argnums=0, out_shardings=state_out)
-    mask_step = jax.jit(trainer.mask_update_step, donate_argnums=0, out_shardings=state_out)
-    accumulate = jax.jit(trainer.accumulate_batch_stats)
-    if isinstance(data.train, ImageDataset):
-        train_data = DeviceDataset(data.train, shard.replicated, shard.batch)
-    else:
-        train_data = HostStreamDataset(data.train, shard.batch, config.seed, config.data.random_resized_crop)
+    compiled = compile_steps(setup, placement)
+    density = jax.jit(sparse.masked_density)
+    params_finite = jax.jit(lambda params: jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])))
+    train_data = training_batches(data, placement, config)
 
     preempted = {"flag": False}
 
@@ -257,19 +224,22 @@ def train_and_evaluate(
         preempted["flag"] = True
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if _is_main_thread() else None
-    spe = trainer.steps_per_epoch
-    total = trainer.total_steps
     step = int(state.step)
     bar = ProgressBar(total, step, enabled=config.train.progress_bar and primary)
-    pending: list = []
+    records: list = []
+    in_flight: Optional[_PendingSummary] = None
     start_time = time.time()
 
     def save(state, step):
+        bad = int(state.nonfinite_step)
+        if bad < 0 and not bool(params_finite(state.params)):
+            bad = step - 1  # a non-finite gradient at the last step, which no loss has shown yet
+        stop_if_nonfinite(bad)
         checkpointer.save(step, state, config, {"epoch": step // spe, "steps_per_epoch": spe})
 
-    def check_finite(state, step):
-        bad = int(state.nonfinite_step)
+    def stop_if_nonfinite(bad: int):
         if bad >= 0:
+            checkpointer.wait_until_finished()
             last = checkpointer.latest_step()
             where = f"the last good checkpoint is step {last} in {checkpointer.directory}" if last is not None else "no checkpoint was saved yet"
             raise NonFiniteError(
@@ -279,124 +249,121 @@ def train_and_evaluate(
                 f"command to resume from that checkpoint."
             )
 
+    def report(summary: Optional[_PendingSummary]) -> None:
+        """Writes a finished interval's metrics (a host read of values already on their way)."""
+        if summary is None:
+            return
+        values = {k: float(v) for k, v in jax.device_get(summary.values).items()}
+        stop_if_nonfinite(int(values.pop("nonfinite_step")))
+        writer.write(summary.step, "train", values)
+        bar.update(summary.step, summary.epoch, schedule.epochs, {k: values[k] for k in ("loss", "accuracy") if k in values})
+
+    def end_interval(epoch: int) -> None:
+        """Closes a logging interval: reports the previous one, starts this one's summary."""
+        nonlocal records, in_flight
+        extra = {"density": density(state.params, state.masks)} if setup.updater.method != "dense" else {}
+        report(in_flight)
+        in_flight = _start_summary(records, step, epoch, extra)
+        records = []
+
+    def flush() -> None:
+        nonlocal in_flight
+        report(in_flight)
+        in_flight = None
+
     try:
         while step < total:
             epoch, first = divmod(step, spe)
             indices = epoch_batch_indices(train_data.size, config.train.batch_size, config.seed, epoch)
             for images, labels in train_data.epoch_batches(indices, first, epoch):
-                fn = mask_step if trainer.is_mask_update_step(step) else train_step
-                state, metrics = fn(state, images, labels)
-                pending.append(metrics)
+                if setup.is_mask_update_step(step):
+                    state, metrics = compiled.mask_update(state, images, labels)
+                else:
+                    state, metrics = compiled.train(state, images, labels, take_snapshot=schedule.is_snapshot_step(step))
+                records.append(metrics)
                 step += 1
                 if step % config.train.log_every_steps == 0 or step == total or preempted["flag"]:
-                    values = _mean_metrics(pending)
-                    pending = []
-                    check_finite(state, step)
-                    writer.write(step, "train", values)
-                    bar.update(step, epoch, trainer.total_epochs, {k: values[k] for k in ("loss", "accuracy") if k in values})
-                if stop_at_step is not None and step >= stop_at_step and step < total:
-                    check_finite(state, step)
+                    end_interval(epoch)
+                stopping = preempted["flag"] or (stop_at_step is not None and step >= stop_at_step and step < total)
+                if stopping:
+                    flush()
                     save(state, step)
-                    _log(f"stopped at step {step} (stop_at_step); re-run to continue")
-                    return {}
-                if preempted["flag"]:
-                    check_finite(state, step)
-                    save(state, step)
-                    raise Preempted(
-                        f"SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
-                        "re-run the same command to resume"
-                    )
+                    checkpointer.wait_until_finished()
+                    if preempted["flag"]:
+                        raise Preempted(
+                            f"SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
+                            "re-run the same command to resume"
+                        )
+                    log(f"stopped at step {step} (stop_at_step); re-run to continue")
+                    return None
             epoch_done = step // spe
-            snapshot_epoch = trainer.averaging_epochs and epoch_done - 1 >= moon.averaging_start_epoch(
-                trainer.total_epochs, trainer.averaging_epochs
-            )
-            if snapshot_epoch and (config.moon.bn_refresh == "every_epoch" or step == total):
-                state = _refresh_averaged_batch_stats(state, train_data, config.train.batch_size, config.seed, accumulate)
+            if step == total and setup.uses_averaging:
+                state = refresh_averaged_batch_stats(state, train_data, config.train.batch_size, config.seed, compiled.accumulate_batch_stats)
             eval_every = config.train.eval_every_epochs
-            if eval_every and epoch_done % eval_every == 0 and step < total:
-                check_finite(state, step)
-                _periodic_eval(trainer, state, data, config, writer, step)
-            if config.train.checkpoint_every_epochs and epoch_done % config.train.checkpoint_every_epochs == 0:
-                check_finite(state, step)
+            if periodic_eval is not None and eval_every and epoch_done % eval_every == 0 and step < total:
+                stop_if_nonfinite(int(state.nonfinite_step))
+                writer.write(step, "eval", periodic_eval(setup, state))
+            every = config.train.checkpoint_every_epochs
+            if step < total and every and epoch_done % every == 0:
                 save(state, step)
-        check_finite(state, step)
+        flush()
         if checkpointer.latest_step() != step:
             save(state, step)
+        checkpointer.wait_until_finished()
     finally:
         bar.close()
+        writer.close()
+        checkpointer.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-    _log(f"training done: {total} steps in {time.time() - start_time:.1f} s (this session)")
-    _check_average_density(state)
-    if not evaluate_at_end:
-        return {}
-    results = evaluate_state(trainer, state, data, config)
-    if primary:
-        (workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-        print(format_results(results, title=f"{config.data.dataset} / {config.model.name} / {method_name(config)} ({results['model']})"))
-    writer.close()
-    return results
+    log(f"training done: {total} steps in {time.time() - start_time:.1f} s (this session)")
+    _check_average_support(state)
+    return state
 
 
 def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _print_run_summary(config, data: RunData, trainer: Trainer, state: TrainState) -> None:
-    plan = trainer.updater.plan
+def _print_run_summary(config, data: RunData, setup: TrainingSetup, state: TrainState) -> None:
+    plan = setup.updater.plan
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    _log(
-        f"{method_name(config)} | model {config.model.name} ({n_params:,} params, "
-        f"{trainer.model.num_outputs} outputs) | data {config.data.dataset}: {len(data.train)} train, "
+    log(
+        f"{describe_method(config)} | model {config.model.name} ({n_params:,} params, "
+        f"{setup.model.num_outputs} outputs) | data {config.data.dataset}: {len(data.train)} train, "
         f"{len(data.test)} test, OOD {', '.join(f'{k} ({len(v)})' for k, v in data.ood.items()) or 'none'} | "
-        f"{trainer.total_epochs} epochs x {trainer.steps_per_epoch} steps | devices: {jax.device_count()} x {jax.devices()[0].platform}"
+        f"{setup.schedule.epochs} epochs x {setup.schedule.steps_per_epoch} steps | devices: {jax.device_count()} x {jax.devices()[0].platform}"
     )
     if config.sparse.method != "dense":
-        _log(
+        log(
             f"sparsity: {plan.total_nonzeros:,} of {plan.total_size:,} sparsifiable weights active "
             f"(achieved sparsity {plan.achieved_sparsity:.6f}, target {plan.target_sparsity}); "
-            f"{sum(c is not None for c in trainer.updater.nonzeros)} masked layers, "
+            f"{sum(c is not None for c in setup.updater.nonzeros)} masked layers, "
             f"{sum(plan.is_dense(n) for n in plan.shapes)} kept dense by the {plan.distribution} distribution"
         )
-    densities = trainer.updater.layer_density_report(state.sparse.masks)
     report = sparse.flops_report(
-        lambda v, x: trainer.model.apply(v, x, train=False),
-        trainer._variables(state.params, state.batch_stats),
+        lambda v, x: setup.model.apply(v, x, train=False),
+        setup.variables(state.params, state.batch_stats),
         data.image_shape,
-        densities,
+        setup.updater.layer_density_report(state.masks),
         config.sparse.method,
-        trainer.total_steps,
-        trainer.updater.schedule,
+        setup.schedule.total_steps,
+        setup.updater.schedule,
     )
-    _log(report.describe())
+    log(report.describe())
 
 
-def _periodic_eval(trainer: Trainer, state: TrainState, data: RunData, config, writer: MetricWriter, step: int) -> None:
-    logits_fn = on_devices(
-        lambda v, images: trainer.logits(v["params"], v["batch_stats"], images),
-        {"params": state.params, "batch_stats": state.batch_stats},
-        trainer.mesh,
-    )
-    results = evaluate_model(logits_fn, data.test, {}, trainer.num_classes, config.train.eval_batch_size, ece_bins=config.eval.ece_bins)
-    cls = results["classification"]
-    writer.write(step, "eval", {"acc": cls["acc"], "ece": cls["ece"], "nll": cls["nll"]})
-
-
-def _check_average_density(state: TrainState) -> None:
+def _check_average_support(state: TrainState) -> None:
     """The average must have the final mask's support: no mask update after averaging began."""
-    averaged = averaged_model(state)
+    averaged = moon.averaged_params(state.opt_state)
     if averaged is None:
         return
-    params, _, count = averaged
-    masks = jax.tree.leaves(state.sparse.masks, is_leaf=lambda x: x is None)
-    outside = 0
-    for mask, p in zip(masks, jax.tree.leaves(params)):
-        if mask is not None:
-            outside += int(np.count_nonzero(np.asarray(p)[~np.asarray(mask)]))
+    params, count = averaged
+    outside = moon.weights_outside_masks(params, state.masks)
     if outside:
         raise AssertionError(
             f"the weight average has {outside} nonzero weights outside the final mask: a mask update "
             "happened after averaging started (config.sparse.end_fraction too large?)"
         )
-    density = masked_density(state, params)["masked_layers_nonzero_fraction"]
-    _log(f"weight average: {count} snapshots, all on the final mask; measured density of masked layers {density:.6f}")
+    density = float(sparse.masked_density(params, state.masks))
+    log(f"weight average: {count} snapshots, all on the final mask; measured density of masked layers {density:.6f}")

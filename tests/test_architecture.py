@@ -1,0 +1,73 @@
+"""The package structure holds: imports run one way (programs -> training / evaluation -> the
+method and leaf packages), and the documentation cites only files the repository has."""
+import ast
+import re
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "moon_jax"
+LEAVES = {"sparse", "moon", "models", "data", "metrics"}
+PROGRAM_LEVEL = {"programs", "reproduction"}  # modules of moon_jax that only programs import
+
+
+def package_imports() -> set[tuple[str, str]]:
+    """``(importer, imported)`` pairs between the top-level parts of moon_jax."""
+    edges = set()
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).parts
+        source = parts[0] if len(parts) > 1 else parts[0][:-3]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+                if node.module == "moon_jax":
+                    modules = [f"moon_jax.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                if module.startswith("moon_jax.") and module.split(".")[1] != source:
+                    edges.add((source, module.split(".")[1]))
+    return edges
+
+
+def test_imports_run_one_way():
+    edges = package_imports()
+    assert edges, "the import scan found nothing"
+    upward = sorted(
+        (a, b) for a, b in edges
+        if (a in LEAVES and b not in LEAVES)
+        or (a in ("training", "evaluation") and b in PROGRAM_LEVEL)
+        or (a == "training" and b == "evaluation")
+    )
+    assert not upward, f"imports that run upwards: {upward}"
+    mutual = sorted((a, b) for a, b in edges if (b, a) in edges and a < b)
+    assert not mutual, f"packages that import each other: {mutual}"
+    # the scan sees the layering it checks
+    assert ("evaluation", "training") in edges and ("training", "sparse") in edges
+
+
+def test_training_package_loads_without_evaluation():
+    import subprocess
+    import sys
+
+    code = "import sys, moon_jax.training; print(any(m.startswith('moon_jax.evaluation') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
+# Output paths that programs write (named as defaults in their help), not files to read.
+GENERATED = re.compile(r"^(runs/|docs/REPRODUCTION[A-Z_]*\.md$)")
+
+
+def test_cited_files_exist():
+    sources = [*PACKAGE.rglob("*.py"), *(REPO / "configs").glob("*.py"), *(REPO / "benchmarks").glob("*.py"),
+               REPO / "train.py", REPO / "eval.py", REPO / "README.md"]
+    missing = set()
+    for path in sources:
+        for cited in re.findall(r"(?<![\w./-])((?:[\w-]+/)+[\w.-]+\.(?:py|md|ipynb|toml))", path.read_text()):
+            if not GENERATED.match(cited) and not (REPO / cited).exists():
+                missing.add(f"{path.relative_to(REPO)} cites {cited}")
+    assert not missing, sorted(missing)

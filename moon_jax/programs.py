@@ -71,7 +71,7 @@ def config_error_detail(err: BaseException) -> str:
 
 def run_program(main: Callable[[], None]) -> None:
     """Runs ``main``, printing known errors as ``error: ...`` on stderr with an exit status."""
-    from moon_jax.data import DatasetNotFoundError
+    from moon_jax.data import DatasetFormatError, DatasetNotFoundError
     from moon_jax.training.checkpoint import CheckpointError
     from moon_jax.training.config import ConfigError
     from moon_jax.training.loop import NonFiniteError, Preempted
@@ -81,7 +81,7 @@ def run_program(main: Callable[[], None]) -> None:
     except Preempted as stop:
         print(stop.message, file=sys.stderr, flush=True)
         sys.exit(stop.code)
-    except (ConfigError, DatasetNotFoundError, CheckpointError) as err:
+    except (ConfigError, DatasetNotFoundError, DatasetFormatError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR)
     except NonFiniteError as err:

@@ -137,6 +137,12 @@ class Checkpointer:
                 f"no checkpoint found in {self.directory}: train first with "
                 f"`python train.py --workdir {self.directory.parent}` (or point --workdir at a run)"
             )
+        steps = self.all_steps()
+        if step not in steps:
+            raise CheckpointError(
+                f"no checkpoint at step {step} in {self.directory}; the steps saved are "
+                f"{', '.join(map(str, sorted(steps))) or 'none'} (leave --step out for the latest)"
+            )
         return step
 
     def check_compatible(self, meta: dict, config: ml_collections.ConfigDict) -> None:

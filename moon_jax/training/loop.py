@@ -64,9 +64,9 @@ def build_trainer(
     """
     spe = steps_per_epoch(num_train, config.train.batch_size)
     if spe == 0:
-        raise ValueError(
-            f"config.train.batch_size = {config.train.batch_size} is larger than the training set "
-            f"({num_train} images): use a smaller batch size"
+        raise ConfigError(
+            f"config.train.batch_size = {config.train.batch_size} is not valid: larger than the training set "
+            f"({num_train} images); use at most {num_train}"
         )
     total_steps = spe * config.train.epochs
     end_step = int(round(config.sparse.end_fraction * total_steps))

@@ -207,6 +207,14 @@ def test_config_accepts_paths_and_names_bad_ones(tmp_path):
     fails("data.ood_datasets", ("mnistt",), "or a path to a folder of images")
     fails("data.image_size", 32, "config.data.image_size = 32 is not valid: only a folder dataset")
     fails("data.image_size", -1, "must be an integer >= 0")
+    for field, value, message in (("data.source", "tfds", "config.data.source = 'tfds' is not valid: a dataset given as a path"),
+                                  ("data.stream_train", True, "config.data.stream_train = True is not valid: streaming")):
+        bad = load_config("default")
+        bad.data.dataset = str(root)
+        with bad.ignore_type():
+            bad.data[field.split(".")[1]] = value
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate_config(bad)
 
 
 # ----------------------------------------------------------------------------- the programs

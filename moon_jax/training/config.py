@@ -223,7 +223,13 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     for name in config.data.ood_datasets:
         check_dataset("data.ood_datasets", name, "ood")
     _check_positive_int(config, "data.image_size", allow_zero=True)
-    if config.data.image_size and not is_dataset_path(config.data.dataset):
+    dataset_is_path = config.data.dataset not in known and is_dataset_path(config.data.dataset)
+    if dataset_is_path and config.data.source != "auto":
+        raise _fail("data.source", config.data.source, "a dataset given as a path is read with 'auto'")
+    if dataset_is_path and config.data.stream_train:
+        raise _fail("data.stream_train", True, "streaming reads TFDS datasets; a folder dataset is decoded once "
+                    "and held in memory: use False")
+    if config.data.image_size and not dataset_is_path:
         raise _fail("data.image_size", config.data.image_size,
                     "only a folder dataset (data.dataset = a path) is resized; use 0 for named datasets")
     _check_choice(config, "data.source", DATA_SOURCES)

@@ -160,6 +160,22 @@ def test_image_folder_needs_one_size_or_image_size(tmp_path, cache):
     assert ds.images.shape == (91, 6, 6, 3)
 
 
+def test_truncated_image_in_a_training_folder_is_named(tmp_path, cache):
+    root = make_id_folder(tmp_path / "t", size=(32, 32), per_class=(2, 1))
+    whole = (root / "train" / "bee" / "1.png").read_bytes()
+    (root / "train" / "bee" / "1.png").write_bytes(whole[: len(whole) // 2])  # the header still reads
+    with pytest.raises(DatasetFormatError, match=r"1 of 6 image files in .*train cannot be read by Pillow: bee/1.png"):
+        data.load_dataset(str(root), "train")
+
+
+def test_resized_folder_is_cached_without_decoding_again(tmp_path, cache, monkeypatch):
+    root = make_id_folder(tmp_path / "r", per_class=(2, 1))
+    first = data.load_dataset(str(root), "train", image_size=4)
+    monkeypatch.setattr(image_folder, "decode_image_files", lambda *a, **k: pytest.fail("decoded again"))
+    np.testing.assert_array_equal(data.load_dataset(str(root), "train", image_size=4).images, first.images)
+    assert first.images.shape == (6, 4, 4, 3)
+
+
 def test_grey_image_folder_has_one_channel(tmp_path, cache):
     for split in ("train", "test"):
         for c in ("0", "1"):

@@ -205,3 +205,15 @@ def test_progress_on_a_terminal_is_a_rich_bar_redrawn_in_place():
     quiet.update(50, 0, 1, {})
     quiet.close()
     assert disabled.getvalue() == ""
+
+
+def test_tensorboard_event_file_is_written_with_the_declared_writer(tmp_path):
+    from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401  (the declared dependency)
+
+    from moon_jax.training.reporting import MetricWriter
+
+    writer = MetricWriter(tmp_path)
+    writer.write(3, "train", {"loss": 0.5})
+    writer.close()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"train/loss" in events[0].read_bytes()

@@ -179,69 +179,99 @@ def _cache_key(root: Path, files: Sequence[Path], target) -> str:
     return h.hexdigest()[:24]
 
 
-def _open(path: Path) -> Image.Image:
-    image = Image.open(path)
-    image.load()
-    return image
+_GREY_MODES = ("L", "1", "I", "I;16", "F")
+_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def decode_image_files(files: Sequence[Path], root: Path, image_shape=None, where=None) -> np.ndarray:
-    """Decode ``files`` with Pillow into one uint8 (N, H, W, C) array.
+def _headers(files: Sequence[Path], root: Path, where) -> list[tuple[tuple[int, int], str]]:
+    """(size, mode) of every file from its header alone (no pixel decoding); unreadable files
+    are all named in one error."""
+    headers, unreadable = [], []
+    for f in files:
+        try:
+            with Image.open(f) as image:
+                headers.append((image.size, image.mode))
+        except _READ_ERRORS:
+            unreadable.append(_relative(f, root))
+    if unreadable:
+        raise _unreadable_error(where, unreadable, len(files))
+    return headers
+
+
+def image_channels(files: Sequence[Path], root: Path, where=None) -> int:
+    """1 when every image is grey, else 3 (the channel rule of sets read without a target)."""
+    headers = _headers(files, root, where or root)
+    return 1 if all(mode in _GREY_MODES for _, mode in headers) else 3
+
+
+def _to_array(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
+    h, w, c = shape
+    mode = "L" if c == 1 else "RGB"
+    if image.mode != mode:
+        if mode == "RGB" and image.mode in ("P", "PA", "LA", "RGBA"):
+            image = image.convert("RGBA")  # palettes with transparency resolve through RGBA
+        image = image.convert(mode)
+    array = np.asarray(image, dtype=np.uint8).reshape(image.size[1], image.size[0], c)
+    if array.shape[:2] != (h, w):
+        array = convert_image(array, shape, keep_aspect=True)
+    return array
+
+
+def decode_image_files(files: Sequence[Path], root: Path, image_shape=None, where=None,
+                       image_size: int | None = None) -> np.ndarray:
+    """Decode ``files`` with Pillow into one uint8 (N, H, W, C) array, one image at a time.
 
     With ``image_shape`` = (H, W, C) every image is converted by the module's rule (channel
     conversion, shorter side resized, centre crop); without it every image must have the same
-    size, and the result is grey (C = 1) when every image is grey, else RGB.
+    size, and the result is grey (C = 1) when every image is grey, else RGB. ``image_size``
+    (without ``image_shape``): convert to ``image_size`` x ``image_size`` with that channel rule.
 
     Raises:
       DatasetFormatError: some files cannot be decoded (all of them are named), or, without
         ``image_shape``, the images have different sizes.
     """
     where = where or root
-    images, unreadable = [], []
-    for f in files:
-        try:
-            images.append(_open(f))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            unreadable.append(_relative(f, root))
-    if unreadable:
-        raise _unreadable_error(where, unreadable, len(files))
-    if not images:
+    if not files:
         raise DatasetFormatError(f"{where} holds no image files (extensions Pillow reads, e.g. .png, .jpg)")
-    if image_shape is not None:
-        h, w, c = (int(d) for d in image_shape)
-    else:
-        sizes = {}
-        for f, im in zip(files, images):
-            sizes.setdefault(im.size, _relative(f, root))
+    if image_shape is None and image_size:
+        image_shape = (int(image_size), int(image_size), image_channels(files, root, where))
+    if image_shape is None:
+        headers = _headers(files, root, where)
+        sizes: dict = {}
+        for f, (size, _) in zip(files, headers):
+            sizes.setdefault(size, _relative(f, root))
         if len(sizes) > 1:
             examples = "; ".join(f"{w}x{h} ({name})" for (w, h), name in list(sizes.items())[:4])
             raise DatasetFormatError(
                 f"images in {where} have {len(sizes)} different sizes ({examples}); set config.data.image_size "
                 f"to resize them all to one square size")
-        w, h = images[0].size
-        c = 1 if all(im.mode in ("L", "1", "I", "I;16", "F") for im in images) else 3
-    mode = "L" if c == 1 else "RGB"
-    out = np.empty((len(images), h, w, c), dtype=np.uint8)
-    for i, im in enumerate(images):
-        if im.mode != mode:
-            if im.mode in ("P", "PA", "LA", "RGBA") and mode == "RGB":
-                im = im.convert("RGBA").convert("RGB")
-            else:
-                im = im.convert(mode)
-        arr = np.asarray(im, dtype=np.uint8).reshape(im.size[1], im.size[0], c)
-        if arr.shape[:2] != (h, w):
-            arr = convert_image(arr, (h, w, c), keep_aspect=True)
-        out[i] = arr
+        (w, h), = sizes
+        c = 1 if all(mode in _GREY_MODES for _, mode in headers) else 3
+        shape = (h, w, c)
+    else:
+        shape = tuple(int(d) for d in image_shape)
+    out = np.empty((len(files), *shape), dtype=np.uint8)
+    unreadable = []
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as image:
+                image.load()
+                out[i] = _to_array(image, shape)
+        except _READ_ERRORS:
+            unreadable.append(_relative(f, root))
+    if unreadable:
+        raise _unreadable_error(where, unreadable, len(files))
     return out
 
 
 def _decode_cached(files: Sequence[Path], root: Path, image_shape, where, cache_dir, use_cache: bool,
-                   cache_name: str | None = None) -> np.ndarray:
+                   cache_name: str | None = None, image_size: int | None = None) -> np.ndarray:
     target = None if image_shape is None else tuple(int(d) for d in image_shape)
+    key_target = (target, None if target else image_size)
     cache_file = None
     if use_cache:
         base = Path(cache_dir) if cache_dir else default_cache_dir()
-        cache_file = base / f"{cache_name or path_dataset_name(root)}-{_cache_key(root, files, target)}.npy"
+        cache_file = base / f"{cache_name or path_dataset_name(root)}-{_cache_key(root, files, key_target)}.npy"
         if cache_file.is_file():
             try:
                 cached = np.load(cache_file, allow_pickle=False)
@@ -249,7 +279,7 @@ def _decode_cached(files: Sequence[Path], root: Path, image_shape, where, cache_
                     return cached
             except (OSError, ValueError, EOFError):
                 pass
-    images = decode_image_files(files, root, target, where)
+    images = decode_image_files(files, root, target, where, image_size=image_size)
     if cache_file is not None:
         try:
             _atomic_save(cache_file, images)
@@ -304,12 +334,8 @@ def load_image_folder_split(path, split: str, image_size: int | None = None, cac
         labels += [label] * len(found)
     if not files:
         raise DatasetFormatError(f"{split_dir} holds no image files in its class folders (<label>/<image>)")
-    target = None
-    if image_size:
-        channels = _decode_cached(files[:1], split_dir, None, split_dir, cache_dir, False).shape[-1]
-        target = (int(image_size), int(image_size), int(channels))
-    images = _decode_cached(files, split_dir, target, split_dir, cache_dir, use_cache,
-                            cache_name=f"{path_dataset_name(root)}-{split}")
+    images = _decode_cached(files, split_dir, None, split_dir, cache_dir, use_cache,
+                            cache_name=f"{path_dataset_name(root)}-{split}", image_size=image_size)
     return ImageDataset(images=images, labels=np.asarray(labels, np.int32), num_classes=len(classes),
                         name=path_dataset_name(root), class_names=classes)
 
@@ -351,10 +377,6 @@ def load_path_dataset(path, split: str = "test", image_shape: Sequence[int] | No
             raise DatasetFormatError(
                 f"folder {root} holds no image files (searched recursively for extensions Pillow reads, "
                 f"e.g. .png, .jpg)")
-    target = image_shape
-    if target is None and image_size:
-        channels = decode_image_files(files[:1], base, None, where).shape[-1]
-        target = (int(image_size), int(image_size), int(channels))
-    images = _decode_cached(files, base, target, where, cache_dir, use_cache)
+    images = _decode_cached(files, base, image_shape, where, cache_dir, use_cache, image_size=image_size)
     return ImageDataset(images=images, labels=np.full(len(images), -1, np.int32), num_classes=0,
                         name=path_dataset_name(root))

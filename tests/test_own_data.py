@@ -273,3 +273,15 @@ def test_train_on_an_image_folder_then_eval_with_own_ood_folder(tmp_path):
         assert out.stderr.startswith("error: ")
     out = run([str(REPO / "eval.py"), f"--workdir={workdir}", "--step=99999"], cwd=tmp_path)
     assert out.returncode == 2 and "no checkpoint at step 99999" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_checkpoint_from_before_the_image_size_field_still_matches():
+    from moon_jax.training.checkpoint import fingerprint, fingerprint_differences
+
+    config = load_config("default")
+    saved = fingerprint(config)
+    del saved["data.image_size"]  # written by a version without the field
+    assert fingerprint_differences(saved, fingerprint(config)) == []
+    config.data.image_size = 16
+    assert fingerprint_differences(saved, fingerprint(config)) == [
+        "data.image_size: checkpoint has '<absent>', config has 16"]

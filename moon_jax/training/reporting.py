@@ -47,7 +47,7 @@ class ProgressBar:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn)
 
         self._progress = Progress(
-            BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+            BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("{task.description}"),
             TextColumn("{task.fields[rate]}"), TextColumn("ETA"),
             TimeRemainingColumn(), console=Console(file=self.stream), transient=False,
         )

@@ -21,7 +21,11 @@ from moon_jax.programs import quiet_library_logs, run_program
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
 flags.DEFINE_boolean("compare", False, "Compare the workdirs given as arguments: one table, and report.md.")
-flags.DEFINE_list("ood", None, "OOD sets to evaluate (default: the run's config.data.ood_datasets).")
+flags.DEFINE_list(
+    "ood", None,
+    "OOD sets to evaluate (default: the run's config.data.ood_datasets): registered names, or paths to a folder of "
+    "images, an image list (.txt) or a packed .npz, reported under the folder / file name.",
+)
 flags.DEFINE_list(
     "scores", None,
     "OOD scores, the first one primary (default: every score that applies, moon_msp first for K+1 models, msp "
@@ -53,9 +57,29 @@ def _check_scores(names):
         raise ConfigError(f"--scores: unknown score(s) {', '.join(bad)}; allowed: {', '.join(ALL_SCORES)}")
 
 
+def _check_ood(names):
+    """Unknown OOD names and bad OOD paths stop eval.py with one line (exit status 2) before the
+    checkpoint loads."""
+    from moon_jax import data
+    from moon_jax.training.config import ConfigError
+
+    for name in names or ():
+        if name in data.available_datasets() or name.startswith("tfds:"):
+            continue
+        if not data.is_dataset_path(name):
+            raise ConfigError(
+                f"--ood: unknown OOD set {name!r}; allowed: {', '.join(data.available_datasets())}, 'tfds:<name>', "
+                f"or a path to a folder of images, an image list (.txt) or a packed .npz")
+        try:
+            data.check_dataset_path(name, "ood")
+        except (data.DatasetNotFoundError, data.DatasetFormatError) as err:
+            raise ConfigError(f"--ood: {err}") from None
+
+
 def main(argv):
     quiet_library_logs()
     _check_scores(FLAGS.scores)
+    _check_ood(FLAGS.ood)
     from moon_jax.programs import enable_compilation_cache, initialize_distributed
 
     initialize_distributed(FLAGS.multihost)

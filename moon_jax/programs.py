@@ -111,6 +111,12 @@ def define_config_flag(default_path: str) -> None:
     """
     from ml_collections import config_flags
 
+    path = config_path_argument(sys.argv)
+    if path is not None:
+        problem = config_file_problem(path)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(USER_ERROR)
     try:
         config_flags.DEFINE_config_file("config", default_path, "Run configuration file.", lock_config=True)
     except (AttributeError, KeyError, ValueError, TypeError) as err:
@@ -121,6 +127,43 @@ def define_config_flag(default_path: str) -> None:
             file=sys.stderr,
         )
         sys.exit(USER_ERROR)
+
+
+def config_path_argument(argv) -> str | None:
+    """The value of ``--config=PATH`` / ``--config PATH`` in ``argv`` (None when not given)."""
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def config_file_problem(path: str) -> str | None:
+    """What is wrong with config file ``path`` (``file.py`` or ``file.py:argument``), as one line,
+    or None when it loads and defines ``get_config``.
+
+    Checked before ml_collections loads it, which reports a missing file, a syntax error or a
+    missing ``get_config`` as a stack trace.
+    """
+    import importlib.util
+
+    file = path.split(":", 1)[0]
+    if not file:
+        return "--config is empty; pass a config file such as configs/default.py"
+    if not os.path.isfile(file):
+        return (f"config file {file} not found (--config={path}, relative to {os.getcwd()}); "
+                f"pass an existing file such as configs/default.py")
+    try:
+        spec = importlib.util.spec_from_file_location("_moon_jax_config_check", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as err:  # a user's file: any error it raises is reported, not traced
+        where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
+        return f"config file {file} cannot be loaded{where}: {type(err).__name__}: {' '.join(str(err).split())}"
+    if not callable(getattr(module, "get_config", None)):
+        return f"config file {file} defines no get_config() function; start from configs/default.py"
+    return None
 
 
 def config_error_detail(err: BaseException) -> str:
@@ -134,7 +177,7 @@ def config_error_detail(err: BaseException) -> str:
 
 def run_program(main: Callable[[], None]) -> None:
     """Runs ``main``, printing known errors as ``error: ...`` on stderr with an exit status."""
-    from moon_jax.data import DatasetNotFoundError
+    from moon_jax.data import DatasetFormatError, DatasetNotFoundError
     from moon_jax.training import CheckpointError, ConfigError, NonFiniteError, Preempted
 
     try:
@@ -142,7 +185,7 @@ def run_program(main: Callable[[], None]) -> None:
     except Preempted as stop:
         print(stop.message, file=sys.stderr, flush=True)
         sys.exit(stop.code)
-    except (ConfigError, DatasetNotFoundError, CheckpointError) as err:
+    except (ConfigError, DatasetNotFoundError, DatasetFormatError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR)
     except NonFiniteError as err:

@@ -57,3 +57,32 @@ def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
     out = run([str(REPO / "eval.py"), f"--workdir={tmp_path}"], cwd=tmp_path)
     assert out.returncode == 2
     assert "no checkpoints/ directory" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "config file {path} not found"),
+    ("x = (\n", "config file {path} cannot be loaded (line 1): SyntaxError"),
+    ("VALUE = 1\n", "config file {path} defines no get_config() function"),
+], ids=["missing", "syntax_error", "no_get_config"])
+def test_bad_config_file_is_one_error_line(tmp_path, content, message):
+    path = tmp_path / "my_config.py"
+    if content is not None:
+        path.write_text(content)
+    out = run([str(REPO / "train.py"), f"--config={path}", f"--workdir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: " + message.format(path=path)), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
+def test_batch_larger_than_the_training_set_is_a_config_error(tmp_path):
+    out = run([str(REPO / "train.py"), "--config.train.batch_size=5000", f"--workdir={tmp_path}"], cwd=tmp_path)
+    assert out.returncode == 2
+    assert ("error: config.train.batch_size = 5000 is not valid: larger than the training set (1347 images); "
+            "use at most 1347") in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_eval_unknown_ood_set_is_named_before_loading(tmp_path):
+    out = run([str(REPO / "eval.py"), f"--workdir={tmp_path}", "--ood=mnist,svhn"], cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: --ood: unknown OOD set 'svhn'") and "Traceback" not in out.stderr

@@ -428,3 +428,69 @@ def test_top_k_mask_equals_a_stable_sort(values, k_frac):
     got = np.asarray(sparse.top_k_mask(jnp.asarray(scores), k))
     assert got.sum() == k
     np.testing.assert_array_equal(got, want)  # -0.0 and 0.0 tie, as they do in the sort
+
+
+# ----------------------------------------------------------------------------- sparse_optimizer
+def _hand_wired(params, grads_seq, updater, tx, rng):
+    """The loop sparse_optimizer replaces, written out: mask update or masked optimizer step."""
+    state, params = updater.init(params, rng)
+    opt_state = tx.init(params)
+    mask_update, reset, optimizer_update = jax.jit(updater.update), jax.jit(sparse.reset_optimizer_state), jax.jit(tx.update)
+    for grads in grads_seq:
+        if updater.is_update_step(int(state.step)):
+            new_state, params = mask_update(state, params, grads)
+            opt_state = reset(opt_state, params, state.masks, new_state.masks)
+            state = new_state
+        else:
+            updates, opt_state = optimizer_update(grads, opt_state, params, masks=state.masks)
+            params = optax.apply_updates(params, updates)
+        state = updater.advance(state)
+    return params, state, opt_state
+
+
+def two_layer_params():
+    k = jax.random.split(jax.random.key(5), 2)
+    return {"fc1": {"kernel": jax.random.normal(k[0], (24, 32)), "bias": jnp.zeros(32)},
+            "fc2": {"kernel": jax.random.normal(k[1], (32, 16))}}
+
+
+def test_sparse_optimizer_equals_the_hand_wired_loop_and_keeps_masks_exact():
+    params = two_layer_params()
+    keys = jax.random.split(jax.random.key(3), 12)
+    grads_seq = [jax.tree.map(lambda p, i=i: jax.random.normal(keys[i], p.shape), params) for i in range(12)]
+    opt = sparse.sparse_optimizer(params, optax.sgd(0.1, momentum=0.9), method="rigl", sparsity=0.8,
+                                  update_every=3, end_step=9)
+    p, state = opt.init(params, jax.random.key(0))
+    initial_masks = opt.masks(state)
+    step = jax.jit(opt.apply_gradients)
+    for grads in grads_seq:
+        p, state = step(grads, state, p)
+    expected_params, expected_sparse, _ = _hand_wired(
+        params, grads_seq, opt.updater, sparse.masked_updates(optax.sgd(0.1, momentum=0.9)), jax.random.key(0))
+    assert int(opt.step(state)) == 12
+    assert sparse.masks_equal(opt.masks(state), expected_sparse.masks)
+    assert not sparse.masks_equal(opt.masks(state), initial_masks)  # RigL changed them (steps 2, 5, 8)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(expected_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert counts_of(opt.masks(state)) == counts_of(initial_masks)
+    for leaf, masked in zip(jax.tree.leaves(p), jax.tree.leaves(sparse.apply_masks(p, opt.masks(state)))):
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(masked))  # inactive weights exactly zero
+
+
+def test_sparse_optimizer_static_never_branches_and_forwards_extra_args():
+    params = two_layer_params()
+    seen = []
+
+    def record():
+        def update(updates, state, params=None, *, take_snapshot=False, **extra):
+            seen.append(take_snapshot)
+            return updates, state
+
+        return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+
+    opt = sparse.sparse_optimizer(params, optax.sgd(0.1), method="static", sparsity=0.5, then=[record()])
+    p, state = opt.init(params, jax.random.key(0))
+    masks = opt.masks(state)
+    grads = jax.tree.map(jnp.ones_like, params)
+    p, state = opt.apply_gradients(grads, state, p, take_snapshot=True)
+    assert seen == [True] and sparse.masks_equal(opt.masks(state), masks) and int(opt.step(state)) == 1

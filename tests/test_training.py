@@ -164,3 +164,57 @@ def test_tensorboard_summaries_when_a_writer_is_installed(tmp_path, monkeypatch)
     assert calls[0] == ("init", str(tmp_path / "tensorboard"))
     assert ("train/loss", 0.5, 7) in calls and ("train/alpha", 0.25, 7) in calls and calls[-1] == ("close",)
     assert read_metrics(tmp_path) == [dict(read_metrics(tmp_path)[0], step=7, kind="train", loss=0.5, alpha=0.25)]
+
+
+def test_progress_in_a_log_is_one_line_per_five_percent():
+    import io
+
+    from moon_jax.training.reporting import ProgressBar
+
+    log = io.StringIO()  # not a terminal
+    bar = ProgressBar(1000, 0, stream=log)
+    for step in range(1, 1001):
+        bar.update(step, (step - 1) // 100, 10, {"loss": 1.0 / step, "accuracy": 0.5})
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 21  # the first update, then every 50 steps, the last at 1000
+    assert lines[0].startswith("1/1000 (0%) epoch 1/10 loss 1 accuracy 0.5")
+    assert lines[10].startswith("501/1000 (50%) epoch 6/10")
+    assert lines[-1].startswith("1000/1000 (100%) epoch 10/10 loss 0.001") and "ETA 00:00" in lines[-1]
+    assert "\r" not in log.getvalue()
+
+
+def test_progress_on_a_terminal_is_a_rich_bar_redrawn_in_place():
+    import io
+
+    from moon_jax.training.reporting import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    bar = ProgressBar(100, 40, stream=term)  # a resumed run starts at step 40
+    for step in range(41, 101):
+        bar.update(step, 0, 1, {"loss": 0.25})
+    bar.close()
+    out = term.getvalue()
+    assert "\r" in out and out.count("\n") <= 2  # redrawn in place, one final line
+    assert "100/100" in out and "epoch 1/1 loss 0.25" in out and "it/s" in out
+    disabled = Terminal()
+    quiet = ProgressBar(100, 0, enabled=False, stream=disabled)
+    quiet.update(50, 0, 1, {})
+    quiet.close()
+    assert disabled.getvalue() == ""
+
+
+def test_tensorboard_event_file_is_written_with_the_declared_writer(tmp_path):
+    from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401  (the declared dependency)
+
+    from moon_jax.training.reporting import MetricWriter
+
+    writer = MetricWriter(tmp_path)
+    writer.write(3, "train", {"loss": 0.5})
+    writer.close()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"train/loss" in events[0].read_bytes()

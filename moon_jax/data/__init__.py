@@ -9,7 +9,9 @@ Sources (all return :class:`ImageDataset`, uint8 NHWC images + int32 labels):
   subset) found via :func:`default_data_dir`, decoded once and cached.
 * :func:`load_tfds` / :class:`TfdsArraySource`: TensorFlow Datasets via ``tfds.data_source``
   (no TensorFlow; ``tensorflow_datasets`` is imported only when used).
-* :func:`load_dataset`: one entry point by name.
+* :func:`load_path_dataset`: a user's own images, named by a path: a folder (ImageFolder layout
+  ``<path>/<split>/<label>/<image>`` for a labelled set), an image list or a packed ``.npz``.
+* :func:`load_dataset`: one entry point by name or path.
 
 This package does not import ``tensorflow_datasets`` at import time.
 """
@@ -17,9 +19,11 @@ from moon_jax.data.augment import (AUGMENTATIONS, NORMALIZATION, augment_batch, 
                                    random_crop_flip)
 from moon_jax.data.batching import (epoch_batch_indices, epoch_permutation, eval_batches,
                                     steps_per_epoch)
-from moon_jax.data.dataset import (DatasetNotFoundError, ImageDataset, convert_image, random_resized_crop,
+from moon_jax.data.dataset import (DatasetFormatError, DatasetNotFoundError, ImageDataset, convert_image, random_resized_crop,
                                    to_image_shape)
 from moon_jax.data.digits import DIGITS_LEVELS, digits, digits_photos, digits_split_indices
+from moon_jax.data.image_folder import (check_dataset_path, is_dataset_path, load_image_folder_split,
+                                        load_path_dataset, path_dataset_name)
 from moon_jax.data.packed import (PACKED_FILES, decode_images, default_cache_dir, default_data_dir,
                                   load_packed, load_packed_dataset, packed_path)
 from moon_jax.data.registry import available_datasets, load_dataset, source_kind
@@ -31,6 +35,7 @@ __all__ = [
     "augment_batch",
     "random_resized_crop",
     "DIGITS_LEVELS",
+    "DatasetFormatError",
     "DatasetNotFoundError",
     "ImageDataset",
     "NORMALIZATION",
@@ -51,7 +56,12 @@ __all__ = [
     "epoch_permutation",
     "eval_batches",
     "gaussian_noise",
+    "check_dataset_path",
+    "is_dataset_path",
     "load_dataset",
+    "load_image_folder_split",
+    "load_path_dataset",
+    "path_dataset_name",
     "load_packed",
     "load_packed_dataset",
     "load_tfds",

@@ -27,6 +27,12 @@ class DatasetNotFoundError(FileNotFoundError):
     """
 
 
+class DatasetFormatError(ValueError):
+    """Raised when a user's dataset exists but cannot be read as an image set: an empty folder,
+    files Pillow cannot decode (named in the message), a wrong folder layout, mixed image sizes
+    without a resize. The message names the path and what was expected."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImageDataset:
     """An image classification (or unlabelled OOD) set held in host memory.

@@ -7,7 +7,10 @@ Names:
 * ``cifar10`` (train / test), ``tin_resize``, ``mnist``, ``textures_subset`` (test): packed
   ``.npz`` files (:mod:`moon_jax.data.packed`);
 * ``cifar100``, ``svhn_cropped``, ``dtd``, ``places365_small``, ``imagenet2012`` and any
-  ``'tfds:<name>'``: TensorFlow Datasets (:mod:`moon_jax.data.tfds_source`).
+  ``'tfds:<name>'``: TensorFlow Datasets (:mod:`moon_jax.data.tfds_source`);
+* a path: a folder of images (ImageFolder layout ``<path>/<split>/<label>/<image>`` for a
+  labelled set), an OpenOOD-style image list ``.txt`` or a packed ``.npz``
+  (:mod:`moon_jax.data.image_folder`; :func:`is_dataset_path` says when a name is a path).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Sequence
 
 from moon_jax.data.dataset import ImageDataset, to_image_shape
 from moon_jax.data.digits import digits, digits_photos
+from moon_jax.data.image_folder import is_dataset_path, load_path_dataset
 from moon_jax.data.packed import PACKED_FILES, load_packed_dataset
 from moon_jax.data.synthetic import NOISE_NAMES, default_noise_count, gaussian_noise, uniform_noise
 from moon_jax.data.tfds_source import TFDS_SPECS, load_tfds
@@ -33,7 +37,7 @@ def available_datasets() -> tuple[str, ...]:
 
 
 def source_kind(name: str, source: str = "auto") -> str:
-    """Where :func:`load_dataset` reads ``name`` from: ``builtin``, ``packed`` or ``tfds``.
+    """Where :func:`load_dataset` reads ``name`` from: ``builtin``, ``packed``, ``path`` or ``tfds``.
 
     Lets callers hand each kind its own directory (packed ``.npz`` dir vs TFDS data dir).
     """
@@ -43,12 +47,15 @@ def source_kind(name: str, source: str = "auto") -> str:
         return "builtin"
     if name in PACKED_FILES and source in ("auto", "packed"):
         return "packed"
+    if name not in TFDS_SPECS and is_dataset_path(name):
+        return "path"
     return "tfds"
 
 
 def _unknown(name: str) -> ValueError:
     return ValueError(f"unknown dataset {name!r}; allowed names: {', '.join(available_datasets())}, "
-                      f"or 'tfds:<name>' for any TFDS image dataset")
+                      f"'tfds:<name>' for any TFDS image dataset, or a path to a folder of images, an "
+                      f"image list (.txt) or a packed .npz")
 
 
 def _finish(ds: ImageDataset, image_shape, num_examples) -> ImageDataset:
@@ -65,7 +72,7 @@ def _only_test(name: str, split: str) -> None:
 
 def load_dataset(name: str, split: str = "test", data_dir=None, source: str = "auto",
                  image_shape: Sequence[int] | None = None, num_examples: int | None = None,
-                 seed: int = 0) -> ImageDataset:
+                 seed: int = 0, image_size: int | None = None) -> ImageDataset:
     """Load dataset ``name`` / ``split`` as an :class:`ImageDataset`.
 
     Args:
@@ -84,10 +91,14 @@ def load_dataset(name: str, split: str = "test", data_dir=None, source: str = "a
         the split, which TFDS stores shuffled; noise / photo sets: how many to generate,
         default 1000 for 32x32 noise, 450 for 8x8 noise and digits_photos).
       seed: seed of the generated sets (noise, digits_photos).
+      image_size: path datasets only: resize every image to a square of this size
+        (:mod:`moon_jax.data.image_folder`; needed when a folder's images differ in size).
 
     Raises:
       ValueError: unknown name, split or source.
-      DatasetNotFoundError: files of a known dataset are missing / not prepared.
+      DatasetNotFoundError: files of a known dataset are missing / not prepared, or a path
+        does not exist.
+      DatasetFormatError: a path dataset cannot be read (empty, unreadable files, layout).
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
@@ -99,6 +110,12 @@ def load_dataset(name: str, split: str = "test", data_dir=None, source: str = "a
             raise _unknown(name)
         return load_tfds(tfds_name, split, data_dir=data_dir, image_shape=image_shape,
                          num_examples=num_examples)
+
+    if source_kind(name, source) == "path":
+        if source != "auto":
+            raise ValueError(f"{name!r} is a path; it is read with source='auto'")
+        ds = load_path_dataset(name, split, image_shape=image_shape, image_size=image_size)
+        return ds.subset(num_examples)
 
     if name in BUILTIN_NAMES or name in NOISE_NAMES:
         if source != "auto":

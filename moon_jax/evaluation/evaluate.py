@@ -246,8 +246,8 @@ def model_functions(
 
     Args:
       outputs: ``(variables, uint8 batch) -> (logits, penultimate features)`` (e.g.
-        ``Trainer.logits(..., return_features=True)``).
-      preprocess: uint8 batch -> the normalised input the network sees (``Trainer.preprocess``).
+        ``training.steps.model_outputs(..., return_features=True)``).
+      preprocess: uint8 batch -> the normalised input the network sees (``TrainingSetup.preprocess``).
       apply: ``(variables, normalised input) -> logits``; ODIN differentiates it with respect to
         its input.
       variables: the model's parameters (and BatchNorm statistics), any pytree.

@@ -16,6 +16,7 @@ from moon_jax.sparse.optim import (
     scale_by_schedule_at_step,
     sgd_nesterov,
 )
+from moon_jax.sparse.wrapped_optimizer import SparseOptimizer, SparseOptimizerState, sparse_optimizer
 from moon_jax.sparse.schedule import UpdateSchedule, drop_fraction_at, is_update_step, update_steps
 from moon_jax.sparse.updaters import (
     METHODS,

@@ -66,9 +66,18 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def fingerprint_differences(saved: dict, current: dict) -> list[str]:
-    """Human-readable ``field: saved -> current`` lines for every differing field."""
+    """Human-readable ``field: saved -> current`` lines for every differing field.
+
+    A field the checkpoint lacks (added to :func:`moon_jax.training.config.base_config` after it
+    was written) differs only when the current value is not the field's default.
+    """
+    from moon_jax.training.config import base_config
+
+    defaults = fingerprint(base_config())
     lines = []
     for key in sorted(set(saved) | set(current)):
+        if key not in saved and key in current and key in defaults and current[key] == defaults[key]:
+            continue
         a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b)):
             lines.append(f"{key}: checkpoint has {a!r}, config has {b!r}")
@@ -140,6 +149,12 @@ class Checkpointer:
             raise CheckpointError(
                 f"no checkpoint found in {self.directory}: train first with "
                 f"`python train.py --workdir {self.directory.parent}` (or point --workdir at a run)"
+            )
+        steps = self.all_steps()
+        if step not in steps:
+            raise CheckpointError(
+                f"no checkpoint at step {step} in {self.directory}; the steps saved are "
+                f"{', '.join(map(str, sorted(steps))) or 'none'} (leave --step out for the latest)"
             )
         return step
 

@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_ood_examples = 0  # 0 = all
     c.data.num_train_examples = 0  # 0 = all (smaller for quick runs)
     c.data.num_test_examples = 0
+    c.data.image_size = 0  # folder datasets: resize every image to this square size; 0 = keep (one size required)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 100
@@ -184,15 +185,34 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
         known_datasets = available_datasets()
     known = tuple(known_datasets)
 
-    def check_dataset(field, name):
-        if not isinstance(name, str) or not (name in known or name.startswith("tfds:")):
-            raise _fail(field, name, "allowed: " + ", ".join(known) + ", or 'tfds:<name>'")
+    from moon_jax.data import DatasetFormatError, DatasetNotFoundError, check_dataset_path, is_dataset_path
 
-    check_dataset("data.dataset", config.data.dataset)
+    def check_dataset(field, name, purpose):
+        if isinstance(name, str) and name not in known and not name.startswith("tfds:") and is_dataset_path(name):
+            try:
+                check_dataset_path(name, purpose)
+            except (DatasetNotFoundError, DatasetFormatError) as err:
+                raise _fail(field, name, str(err)) from None
+            return
+        if not isinstance(name, str) or not (name in known or name.startswith("tfds:")):
+            raise _fail(field, name, "allowed: " + ", ".join(known) + ", 'tfds:<name>', or a path to a folder of "
+                        "images (<path>/train/<label>/<image> for data.dataset), an image list (.txt) or a packed .npz")
+
+    check_dataset("data.dataset", config.data.dataset, "id")
     if not isinstance(config.data.ood_datasets, (tuple, list)):
         raise _fail("data.ood_datasets", config.data.ood_datasets, "must be a tuple of dataset names")
     for name in config.data.ood_datasets:
-        check_dataset("data.ood_datasets", name)
+        check_dataset("data.ood_datasets", name, "ood")
+    _check_positive_int(config, "data.image_size", allow_zero=True)
+    dataset_is_path = config.data.dataset not in known and is_dataset_path(config.data.dataset)
+    if dataset_is_path and config.data.source != "auto":
+        raise _fail("data.source", config.data.source, "a dataset given as a path is read with 'auto'")
+    if dataset_is_path and config.data.stream_train:
+        raise _fail("data.stream_train", True, "streaming reads TFDS datasets; a folder dataset is decoded once "
+                    "and held in memory: use False")
+    if config.data.image_size and not dataset_is_path:
+        raise _fail("data.image_size", config.data.image_size,
+                    "only a folder dataset (data.dataset = a path) is resized; use 0 for named datasets")
     _check_choice(config, "data.source", DATA_SOURCES)
     _check_choice(config, "data.augment", AUGMENTATIONS)
     for field in ("data.stream_train", "data.random_resized_crop", "moon.enabled", "train.nesterov", "train.exact_reduction",

@@ -59,7 +59,8 @@ def normalization_constants(name: str, train) -> tuple[tuple[float, ...], tuple[
         return data_lib.normalization_for(name)
     except ValueError:
         if isinstance(train, ImageDataset):
-            images = train.images[:10000]
+            # A uniform draw: folder datasets are stored sorted by class.
+            images = train.subset(10000).images
         else:
             images = train.get_batch(np.arange(min(len(train), 10000)))[0]
         pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
@@ -74,6 +75,8 @@ def load_id_data(config):
     """
     name, source = config.data.dataset, config.data.source
     kwargs = dict(data_dir=_data_dir(config, name, source), source=source)
+    if config.data.image_size:
+        kwargs["image_size"] = config.data.image_size
     if config.data.stream_train:
         tfds_name = name[len("tfds:"):] if name.startswith("tfds:") else name
         train = data_lib.TfdsArraySource(tfds_name, "train", data_dir=config.data.tfds_data_dir or None)
@@ -92,11 +95,28 @@ def load_id_data(config):
     return train, test
 
 
+def ood_display_names(names) -> list[str]:
+    """The name each OOD set is reported under: registered names as given, a path as its folder /
+    file name (:func:`moon_jax.data.path_dataset_name`), with ``_2``, ``_3``, ... appended when
+    two paths end in the same name."""
+    out: list[str] = []
+    for name in names:
+        label = data_lib.path_dataset_name(name) if data_lib.source_kind(name) == "path" else name
+        base, n = label, 1
+        while label in out:
+            n += 1
+            label = f"{base}_{n}"
+        out.append(label)
+    return out
+
+
 def load_ood_data(config, image_shape) -> dict[str, ImageDataset]:
-    """The OOD sets of ``config.data.ood_datasets``, converted to ``image_shape``."""
+    """The OOD sets of ``config.data.ood_datasets``, converted to ``image_shape``, by their
+    display names (:func:`ood_display_names`)."""
     out = {}
-    for name in config.data.ood_datasets:
-        out[name] = data_lib.load_dataset(
+    names = config.data.ood_datasets
+    for label, name in zip(ood_display_names(names), names):
+        out[label] = data_lib.load_dataset(
             name,
             "test",
             data_dir=_data_dir(config, name, "auto"),

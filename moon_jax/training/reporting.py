@@ -1,10 +1,11 @@
-"""What a run tells its user while it runs: a progress bar with ETA, JSON-lines metrics, and
-TensorBoard summaries when a TensorBoard writer is installed."""
+"""What a run tells its user while it runs: a progress bar with ETA (``rich``), JSON-lines metrics
+(``metrics.jsonl``) and TensorBoard summaries (``tensorboardX``)."""
 from __future__ import annotations
 
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -16,12 +17,17 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-class ProgressBar:
-    """One line, rewritten in place on a terminal; elsewhere (a log file, CI) a line at most
-    every 5% of the run and at the end.
+def _describe(epoch: int, total_epochs: int, metrics: Mapping[str, float]) -> str:
+    parts = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    return f"epoch {epoch + 1}/{total_epochs} {parts}".rstrip()
 
-    The ETA is measured from the rate since the bar started, excluding the first step (the
-    compilation).
+
+class ProgressBar:
+    """On a terminal, a ``rich`` progress bar redrawn in place (bar, steps, epoch and metrics,
+    rate, ETA); elsewhere (a log file, CI) a plain line at most every 5% of the run and at the
+    end, so logs stay short and greppable.
+
+    The rate and ETA exclude the time before the first update (the compilation).
     """
 
     def __init__(self, total_steps: int, start_step: int = 0, enabled: bool = True, stream=None):
@@ -33,6 +39,20 @@ class ProgressBar:
         self._t0: Optional[float] = None
         self._step0 = start_step
         self._next_line = start_step
+        self._progress = None
+        self._task = None
+
+    def _start_rich(self, step: int) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn)
+
+        self._progress = Progress(
+            BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("{task.description}"),
+            TextColumn("{task.fields[rate]}"), TextColumn("ETA"),
+            TimeRemainingColumn(), console=Console(file=self.stream), transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("", total=self.total, completed=step, rate="")
 
     def update(self, step: int, epoch: int, total_epochs: int, metrics: Mapping[str, float]) -> None:
         """Shows progress after ``step`` iterations have been done."""
@@ -43,30 +63,29 @@ class ProgressBar:
             self._t0, self._step0 = now, step
         done = step - self._step0
         rate = done / (now - self._t0) if done > 0 and now > self._t0 else 0.0
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        width = 24
-        filled = int(width * step / max(self.total, 1))
-        parts = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} epoch {epoch + 1}/{total_epochs} "
-            f"{parts} | {rate:.1f} it/s ETA {_format_duration(eta) if rate > 0 else '--:--'}"
-        )
+        description = _describe(epoch, total_epochs, metrics)
         if self.interactive:
-            self.stream.write("\r" + line[:200].ljust(120))
-        elif step >= self._next_line or step >= self.total:
-            self.stream.write(line + "\n")
+            if self._progress is None:
+                self._start_rich(step)
+            self._progress.update(self._task, completed=step, description=description,
+                                  rate=f"{rate:.1f} it/s" if rate > 0 else "")
+            return
+        if step >= self._next_line or step >= self.total:
+            eta = _format_duration((self.total - step) / rate) if rate > 0 else "--:--"
+            self.stream.write(f"{step}/{self.total} ({100 * step // max(self.total, 1)}%) {description} | "
+                              f"{rate:.1f} it/s ETA {eta}\n")
+            self.stream.flush()
             self._next_line = step + max(self.total // 20, 1)
-        self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.interactive:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 class MetricWriter:
-    """Appends metrics as JSON lines to ``<workdir>/metrics.jsonl``; also to TensorBoard when a
-    writer is installed (``tensorboardX``, or ``torch.utils.tensorboard``)."""
+    """Appends metrics as JSON lines to ``<workdir>/metrics.jsonl`` and writes them as TensorBoard
+    scalars to ``<workdir>/tensorboard`` (``tensorboardX``, a dependency of moon-jax)."""
 
     def __init__(self, workdir, enabled: bool = True):
         self.enabled = enabled
@@ -94,13 +113,15 @@ class MetricWriter:
 
 
 def _tensorboard_writer(directory: Path):
-    for module in ("tensorboardX", "torch.utils.tensorboard"):
-        try:
-            writer_cls = __import__(module, fromlist=["SummaryWriter"]).SummaryWriter
-        except Exception:  # not installed, or its optional pieces are missing
-            continue
-        return writer_cls(str(directory))
-    return None
+    """A ``tensorboardX.SummaryWriter`` for ``directory``; ``None`` with a warning when the
+    package is broken or missing (metrics.jsonl is still written)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except Exception as err:  # a broken or missing optional piece must not stop a run
+        warnings.warn(f"TensorBoard summaries are off: tensorboardX cannot be imported ({err}); "
+                      f"`pip install tensorboardX` (metrics.jsonl is still written)")
+        return None
+    return SummaryWriter(str(directory))
 
 
 def read_metrics(workdir, kind: Optional[str] = None) -> list[dict]:

@@ -139,8 +139,8 @@ def create_epoch_schedule(config: ml_collections.ConfigDict, num_train: int) -> 
     spe = count_steps_per_epoch(num_train, config.train.batch_size)
     if spe == 0:
         raise ConfigError(
-            f"config.train.batch_size = {config.train.batch_size} is larger than the training set "
-            f"({num_train} images): use at most {num_train}"
+            f"config.train.batch_size = {config.train.batch_size} is not valid: larger than the training set "
+            f"({num_train} images); use at most {num_train}"
         )
     return EpochSchedule(
         steps_per_epoch=spe,

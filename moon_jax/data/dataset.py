@@ -82,14 +82,6 @@ class ImageDataset:
         """A new dataset with the examples at ``indices`` (any numpy index array or slice)."""
         return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
 
-    def head(self, num_examples: int | None) -> "ImageDataset":
-        """The first ``num_examples`` examples (all of them when None)."""
-        if num_examples is None or num_examples >= len(self):
-            return self
-        if num_examples < 0:
-            raise ValueError(f"num_examples must be >= 0, got {num_examples}")
-        return self.take(slice(0, int(num_examples)))
-
     def subset(self, num_examples: int | None, seed: int = 0) -> "ImageDataset":
         """``num_examples`` examples drawn uniformly without replacement (all when None).
 

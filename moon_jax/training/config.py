@@ -13,6 +13,8 @@ import ml_collections
 from moon_jax.data.augment import AUGMENTATIONS
 from moon_jax.models import MODEL_NAMES
 from moon_jax.moon.averaging import TRIGGERS
+from moon_jax.moon.loss import ALPHA_TUNINGS, WEIGHTINGS
+from moon_jax.moon.recipe import HEADS
 from moon_jax.sparse.distribution import DISTRIBUTIONS
 from moon_jax.sparse.updaters import METHODS
 
@@ -41,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # packed .npz dir; "" = MOON_JAX_DATA_DIR or ../shared/data
     c.data.tfds_data_dir = ""  # TFDS data dir; "" = TFDS_DATA_DIR or ~/tensorflow_datasets
     c.data.augment = "crop_flip"  # on device: crop_flip (4-pixel pad + crop + flip) | flip | none
+    c.data.mixup_alpha = 0.0  # Mixup's Beta(alpha, alpha) coefficient per batch; 0 = off (reference Mixup: 0.2)
     c.data.stream_train = False  # read training batches from TFDS on host threads (ImageNet)
     c.data.random_resized_crop = False  # host-side Inception crops when streaming
     c.data.ood_datasets = ("tin_resize", "mnist", "textures_subset", "gaussian_noise", "uniform_noise")
@@ -79,15 +82,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.sparse.dense_last_layer = False
 
     c.moon = ml_collections.ConfigDict()
-    c.moon.enabled = True  # K+1 head + unknown-aware loss
+    c.moon.enabled = True  # K+1 head + unknown-aware loss + voting; False = none of the moon.* switches
+    c.moon.head = "k_plus_1"  # k_plus_1 | reference_k (K outputs, last class = "unknown") | none (K, cross-entropy)
+    c.moon.loss_weighting = "unknown_aware"  # unknown_aware | none (ablation: plain cross-entropy on the head)
+    c.moon.alpha_tuning = "auto"  # auto (EWMA/64 ramped to alpha_final) | fixed (ablation: fixed_alpha)
+    c.moon.fixed_alpha = 1.0  # alpha of the unknown-aware phase with alpha_tuning = fixed (reference w_out)
     c.moon.warmup_epochs = 5
     c.moon.ewma_mu = 0.05
     c.moon.alpha_init_factor = 64.0  # reference w_out2
     c.moon.alpha_final = 1.0  # reference w_out
-    c.moon.averaging_epochs = 20  # weight averaging over the last epochs; 0 = off
+    c.moon.averaging_epochs = 20  # weight averaging ("voting") over the last epochs; 0 = off (ablation)
     c.moon.averaging_trigger = "epoch"  # epoch | reference
     c.moon.bn_refresh = "every_epoch"  # every_epoch | final
-    c.moon.dropconnect_rate = 0.0  # CigL random mask; the reference uses 0.01
+    c.moon.dropconnect_rate = 0.0  # CigL random mask (reference order; needs masks); the reference uses 0.01
 
     c.eval = ml_collections.ConfigDict()
     c.eval.ece_bins = 15
@@ -267,6 +274,17 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     _check_choice(config, "moon.averaging_trigger", TRIGGERS)
     _check_choice(config, "moon.bn_refresh", ("every_epoch", "final"))
     _check_number(config, "moon.dropconnect_rate", 0.0, 1.0, high_open=True)
+    _check_choice(config, "moon.head", HEADS)
+    _check_choice(config, "moon.loss_weighting", WEIGHTINGS)
+    _check_choice(config, "moon.alpha_tuning", ALPHA_TUNINGS)
+    _check_number(config, "moon.fixed_alpha", 0.0, float("inf"))
+    _check_number(config, "data.mixup_alpha", 0.0, float("inf"))
+    if config.moon.enabled and config.moon.head == "none" and config.moon.loss_weighting != "none":
+        raise _fail("moon.loss_weighting", config.moon.loss_weighting,
+                    "moon.head = 'none' has no unknown output to weight with; use 'none' (plain cross-entropy)")
+    if config.moon.enabled and config.moon.dropconnect_rate > 0 and config.sparse.method == "dense":
+        raise _fail("moon.dropconnect_rate", config.moon.dropconnect_rate,
+                    "CigL's random mask acts on masked weights; use a sparse method (static, set, rigl) or 0")
     if config.moon.enabled and config.train.epochs <= config.moon.warmup_epochs + 1:
         raise _fail(
             "moon.warmup_epochs", config.moon.warmup_epochs,

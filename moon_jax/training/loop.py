@@ -80,7 +80,9 @@ def build_trainer(
     use_moon = bool(config.moon.enabled)
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     model_kwargs = {"width": config.model.width} if config.model.width else {}
-    model = create_model(config.model.name, moon.num_outputs(num_classes, use_moon), dtype=dtype, **model_kwargs)
+    model = create_model(
+        config.model.name, moon.num_outputs(num_classes, use_moon, config.moon.head), dtype=dtype, **model_kwargs
+    )
     schedule = sparse.UpdateSchedule(
         update_every=config.sparse.update_every,
         end_step=end_step,
@@ -105,6 +107,8 @@ def build_trainer(
         inner = sparse.adamw(lr, weight_decay=config.train.weight_decay)
     averaging_epochs = config.moon.averaging_epochs if use_moon else 0
     parts = [sparse.masked_updates(inner)]
+    if use_moon and config.moon.dropconnect_rate > 0:
+        parts = [moon.random_dropconnect(parts[0], float(config.moon.dropconnect_rate), seed=config.seed)]
     if averaging_epochs:
         parts.append(moon.weight_averaging())
     tx = optax.chain(*parts)
@@ -115,8 +119,11 @@ def build_trainer(
             ewma_mu=config.moon.ewma_mu,
             alpha_init_factor=config.moon.alpha_init_factor,
             alpha_final=config.moon.alpha_final,
+            weighting=config.moon.loss_weighting,
+            alpha_tuning=config.moon.alpha_tuning,
+            fixed_alpha=config.moon.fixed_alpha,
         )
-        if use_moon
+        if use_moon and config.moon.head != "none"
         else None
     )
     return Trainer(
@@ -132,12 +139,12 @@ def build_trainer(
         augment=config.data.augment,
         mean=tuple(mean),
         std=tuple(std),
-        dropconnect_rate=float(config.moon.dropconnect_rate) if use_moon else 0.0,
         lr_schedule=lr,
         rule=rule,
         num_shards=config.train.batch_shards or (mesh.size if mesh is not None else 1),
         mesh=mesh,
         exact_reduction=config.train.exact_reduction,
+        mixup_alpha=float(config.data.mixup_alpha),
     )
 
 

@@ -23,7 +23,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from moon_jax import moon, sparse
-from moon_jax.data.augment import augment_batch, normalize
+from moon_jax.data.augment import augment_batch, mixup_batch, normalize
 from moon_jax.models import BN_MOMENTUM
 from moon_jax.moon.averaging import BatchStatsAccumulator, find_averaging_state
 from moon_jax.sparse.leaves import SparsityRule
@@ -81,7 +81,6 @@ class Trainer:
       averaging_trigger: ``epoch`` or ``reference``.
       augment: the on-device augmentation (``crop_flip``, ``flip`` or ``none``).
       mean, std: per-channel normalisation constants.
-      dropconnect_rate: CigL random-mask rate (0: off).
       lr_schedule: learning rate as a function of the global iteration.
       rule: which leaves are sparsifiable (DropConnect acts on them).
       num_shards: the global batch is split into this many equal shards; each shard has its own
@@ -90,6 +89,7 @@ class Trainer:
         averaged. The result depends on ``num_shards``, not on the number of devices.
       mesh: the devices the shards are spread over (a 1-D mesh with axis ``data``); ``None``
         runs every shard on the default device.
+      mixup_alpha: Mixup's Beta parameter (0: off); each batch shard is mixed within itself.
       exact_reduction: compute every shard with one compiled loop body and average the shards
         in a fixed order (all-gather, then one sum), so that any number of devices gives
         bit-identical gradients; costs ``devices x`` gradient bytes of communication instead of
@@ -108,12 +108,12 @@ class Trainer:
     augment: str
     mean: tuple
     std: tuple
-    dropconnect_rate: float
     lr_schedule: Callable[[Any], Any]
     rule: SparsityRule = SparsityRule()
     num_shards: int = 1
     mesh: Optional[Mesh] = None
     exact_reduction: bool = False
+    mixup_alpha: float = 0.0
 
     @property
     def total_steps(self) -> int:
@@ -157,6 +157,14 @@ class Trainer:
         aug_rng, dropout_rng = jax.random.split(rng)
         x = self.preprocess(images, aug_rng)
         epoch = state.step // self.steps_per_epoch
+        if self.mixup_alpha > 0:
+            x, perm, lam = mixup_batch(jax.random.fold_in(rng, 1), x, self.mixup_alpha)
+
+        def labels_loss(logits, y):
+            if self.uses_moon:
+                return moon.moon_loss(logits, y, state.moon, epoch, self.moon_config)
+            ce = jnp.mean(moon.cross_entropy(logits, y))
+            return ce, (state.moon, {"ce": ce})
 
         def loss_fn(params):
             logits, updates = self.model.apply(
@@ -166,11 +174,10 @@ class Trainer:
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_rng},
             )
-            if self.uses_moon:
-                loss, (moon_state, aux) = moon.moon_loss(logits, labels, state.moon, epoch, self.moon_config)
+            if self.mixup_alpha > 0:
+                loss, (moon_state, aux) = moon.mix_label_losses(lambda y: labels_loss(logits, y), labels, labels[perm], lam)
             else:
-                loss = jnp.mean(moon.cross_entropy(logits, labels))
-                moon_state, aux = state.moon, {"ce": loss}
+                loss, (moon_state, aux) = labels_loss(logits, labels)
             known = logits[:, : self.num_classes]
             aux = dict(aux, accuracy=jnp.mean(jnp.argmax(known, axis=-1) == labels))
             return loss, (updates.get("batch_stats", {}), moon_state, aux)
@@ -257,22 +264,15 @@ class Trainer:
     def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
         """One masked optimizer iteration on a uint8 batch."""
         rng = jax.random.fold_in(state.rng, state.step)
-        step_rng, drop_rng = jax.random.split(rng)
-        if self.dropconnect_rate > 0:
-            keep = moon.dropconnect_keep_masks(drop_rng, state.params, self.dropconnect_rate, self.rule)
-            forward_params = moon.apply_keep_masks(state.params, keep)
-        else:
-            forward_params = state.params
-        loss, grads, batch_stats, moon_state, aux = self._sharded_loss_and_grads(state, forward_params, images, labels, step_rng)
+        step_rng, _ = jax.random.split(rng)
+        loss, grads, batch_stats, moon_state, aux = self._sharded_loss_and_grads(state, state.params, images, labels, step_rng)
         snapshot = moon.is_snapshot_step(
             state.step, self.steps_per_epoch, self.total_epochs, self.averaging_epochs, self.averaging_trigger
         )
         updates, opt_state = self.tx.update(
-            grads, state.opt_state, forward_params, masks=state.sparse.masks, step=state.step, take_snapshot=snapshot
+            grads, state.opt_state, state.params, masks=state.sparse.masks, step=state.step, take_snapshot=snapshot
         )
-        params = optax.apply_updates(forward_params, updates)
-        if self.dropconnect_rate > 0:
-            params = moon.restore_dropped(params, state.params, keep)
+        params = optax.apply_updates(state.params, updates)
         new = state._replace(
             params=params,
             batch_stats=batch_stats,

@@ -1,22 +1,34 @@
-"""Reproducing the paper's comparison: train several methods x seeds with ``train.py``, evaluate
-each run, and write one Markdown report (``docs/REPRODUCTION.md``) with the date, device, seeds,
-exact commands, a summary table (mean ± std over seeds), per-OOD-set AUROC / FPR95, and the
-paper's claims checked against what was measured.
+"""Reproducing the paper's comparison (a program-level driver beside ``moon_jax.programs``):
+train several methods x seeds with ``train.py``, evaluate each run, and write one Markdown report
+(``docs/REPRODUCTION.md``, ``docs/REPRODUCTION_CPU.md``) with the scale and why, date, machine,
+exact commands, wall time per run, summary tables (mean ± sample std over seeds), per-OOD-set AUROC
+/ FPR95, MOON's p(unknown) and the voting's effect, and the paper's claims checked against what was
+measured.
 
 The claims (Lei et al., Sec. 5 and Table 1): sparse training lowers OOD detection against dense
 (mean AUROC), and MOON added to a sparse method raises its mean AUROC by several points at about
-the same accuracy and with lower ECE. They are reported as paired differences (same seed), mean
+the same accuracy and with lower ECE; Figure 5's ablations (each of MOON's parts helps) and
+Figure 3's baselines (Mixup, CigL). They are reported as paired differences (same seed), mean
 ± std over seeds, with the verdict for each direction as measured -- whichever way it goes.
+
+The headline mean AUROC / FPR95 is over the OOD sets that are not synthetic noise (for CIFAR-10:
+Tiny ImageNet resized, MNIST, the Textures subset, the paper's benchmark); the noise sets are shown
+in a separate column.
 
 Runs go through ``train.py`` as users run it (one subprocess each, its output appended to
 ``<workdir>/train.log``), ``parallel`` at a time. On one GPU several small runs (ResNet-18 on
 CIFAR) do not fill it alone; concurrent processes do, each limited to a share of the GPU memory
 (``XLA_PYTHON_CLIENT_MEM_FRACTION``). A rerun of the same command resumes every unfinished run
-from its checkpoint and re-evaluates the finished ones (``train.py`` is idempotent).
+from its checkpoint and re-evaluates the finished ones (``train.py`` is idempotent). Each
+invocation's wall time per run is appended to ``<workdir>/wall_time.jsonl``; the report shows
+the sum.
+
+Nothing in the ``moon_jax`` packages imports this module.
 """
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shlex
 import statistics
@@ -26,20 +38,73 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
-# name -> (config.sparse.method, config.moon.enabled). Without MOON there is no K+1 head and no
-# weight averaging (moon_jax.training.loop), as in the paper's baselines.
-METHODS: dict[str, tuple[str, bool]] = {
-    "dense": ("dense", False),
-    "static": ("static", False),
-    "set": ("set", False),
-    "rigl": ("rigl", False),
-    "moon_dense": ("dense", True),
-    "moon_static": ("static", True),
-    "moon_set": ("set", True),
-    "moon_rigl": ("rigl", True),
+class Method(NamedTuple):
+    """A method of the comparison: its label and the ``--config.*`` overrides that make it.
+
+    Attributes:
+      label: the table's name, ``{sparse}`` standing for e.g. ``RigL 90%``.
+      sparse_method: ``config.sparse.method``.
+      overrides: further ``--config.a.b=value`` arguments (after the shared ones, so they win).
+    """
+
+    label: str
+    sparse_method: str
+    overrides: tuple[str, ...]
+
+
+_NO_MOON = ("--config.moon.enabled=False",)
+_MOON = ("--config.moon.enabled=True",)
+#: Mixup's Beta parameter of the reference's Mixup trainer (``configs/pipelines/train/train_mixup.yml``).
+MIXUP_ALPHA = 0.2
+#: CigL's drop rate in the reference (``Masking.dpnum = 100``).
+CIGL_DROP_RATE = 0.01
+
+#: Every method by name. Without MOON there is no K+1 head and no weight averaging
+#: (``moon.enabled = False``), as in the paper's baselines.
+METHODS: dict[str, Method] = {
+    "dense": Method("dense", "dense", _NO_MOON),
+    "static": Method("{sparse}", "static", _NO_MOON),
+    "set": Method("{sparse}", "set", _NO_MOON),
+    "rigl": Method("{sparse}", "rigl", _NO_MOON),
+    "moon_dense": Method("MOON + dense", "dense", _MOON),
+    "moon_static": Method("MOON + {sparse}", "static", _MOON),
+    "moon_set": Method("MOON + {sparse}", "set", _MOON),
+    "moon_rigl": Method("MOON + {sparse}", "rigl", _MOON),
+    # Figure 5: MOON without one of its parts
+    "moon_rigl_no_loss": Method("MOON + {sparse}, no loss modification", "rigl",
+                                _MOON + ("--config.moon.loss_weighting=none",)),
+    "moon_rigl_fixed_alpha": Method("MOON + {sparse}, fixed alpha", "rigl", _MOON + ("--config.moon.alpha_tuning=fixed",)),
+    "moon_rigl_no_voting": Method("MOON + {sparse}, no voting", "rigl", _MOON + ("--config.moon.averaging_epochs=0",)),
+    # Figure 3's baselines
+    "mixup_rigl": Method("Mixup + {sparse}", "rigl", _NO_MOON + (f"--config.data.mixup_alpha={MIXUP_ALPHA}",)),
+    "cigl_rigl": Method("CigL + {sparse}", "rigl", _MOON + (
+        "--config.moon.head=none", "--config.moon.loss_weighting=none", f"--config.moon.dropconnect_rate={CIGL_DROP_RATE}")),
+    # what the reference's code ran
+    "moon_rigl_reference_head": Method("MOON + {sparse}, reference K-output head", "rigl",
+                                       _MOON + ("--config.moon.head=reference_k",)),
+    "moon_cigl_rigl": Method("MOON + {sparse} + CigL mask", "rigl",
+                             _MOON + (f"--config.moon.dropconnect_rate={CIGL_DROP_RATE}",)),
 }
 PAPER_METHODS = ("dense", "rigl", "moon_rigl", "set", "moon_set")
+ABLATION_METHODS = ("moon_rigl_no_loss", "moon_rigl_fixed_alpha", "moon_rigl_no_voting")
+BASELINE_METHODS = ("mixup_rigl", "cigl_rigl")
 SPARSE_NAMES = {"static": "static", "set": "SET", "rigl": "RigL"}
+#: (method, baseline, what the paper says) for the paired comparisons besides the main claims.
+COMPARISONS = (
+    ("moon_rigl", "moon_rigl_no_loss", "the loss modification helps (Fig. 5)"),
+    ("moon_rigl", "moon_rigl_fixed_alpha", "the auto-tuning helps (Fig. 5)"),
+    ("moon_rigl", "moon_rigl_no_voting", "the voting helps (Fig. 5)"),
+    ("moon_rigl", "mixup_rigl", "MOON beats Mixup (Fig. 3)"),
+    ("moon_rigl", "cigl_rigl", "MOON beats CigL (Fig. 3)"),
+    ("moon_rigl_reference_head", "rigl", "(the reference's K-output head against plain RigL)"),
+    ("moon_rigl_reference_head", "moon_rigl", "(the reference's K-output head against the K+1 head)"),
+    ("moon_cigl_rigl", "moon_rigl", "(CigL's random mask added to MOON, as the reference always ran)"),
+)
+
+
+def is_noise_set(name: str) -> bool:
+    """Synthetic noise sets (``gaussian_noise``, ``uniform_noise``): not in the headline mean."""
+    return "noise" in name
 
 
 class RunSpec(NamedTuple):
@@ -68,9 +133,9 @@ def display_command(spec: RunSpec) -> str:
 
 def method_label(method: str, sparsity: float) -> str:
     """``"MOON + RigL 90%"`` for ``"moon_rigl"`` at 0.9; ``"dense"`` for ``"dense"``."""
-    sparse_method, moon = METHODS[method]
-    base = "dense" if sparse_method == "dense" else f"{SPARSE_NAMES[sparse_method]} {100 * sparsity:g}%"
-    return ("MOON + " if moon else "") + base
+    spec = METHODS[method]
+    base = "dense" if spec.sparse_method == "dense" else f"{SPARSE_NAMES[spec.sparse_method]} {100 * sparsity:g}%"
+    return spec.label.format(sparse=base)
 
 
 def plan_runs(
@@ -95,13 +160,13 @@ def plan_runs(
         raise ValueError(f"overrides must look like --config.a.b=value, got: {' '.join(bad)}")
     specs = []
     for method in methods:
-        sparse_method, moon = METHODS[method]
+        spec = METHODS[method]
         for seed in seeds:
             workdir = Path(root) / f"{method}_s{seed}"
             command = (
                 python, train_script, f"--config={config_path}", f"--workdir={workdir}",
                 *overrides,
-                f"--config.seed={seed}", f"--config.sparse.method={sparse_method}", f"--config.moon.enabled={moon}",
+                f"--config.seed={seed}", f"--config.sparse.method={spec.sparse_method}", *spec.overrides,
             )
             specs.append(RunSpec(method, seed, workdir, command))
     return specs
@@ -187,11 +252,30 @@ def run_all(
                 spec = specs[index]
                 outcome = RunOutcome(spec, proc.returncode, time.perf_counter() - start)
                 outcomes[index] = outcome
+                record_wall_time(outcome)
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {spec.workdir}/train.log)"
                 log(f"{status}: {spec.method} seed {spec.seed} in {outcome.seconds:.1f} s")
     finally:
         _stop_children(running, log)
     return [outcomes[i] for i in range(len(specs))]
+
+
+WALL_TIME_FILE = "wall_time.jsonl"
+
+
+def record_wall_time(outcome: RunOutcome) -> None:
+    """Appends one invocation's wall time and exit status to ``<workdir>/wall_time.jsonl``."""
+    with open(outcome.spec.workdir / WALL_TIME_FILE, "a") as f:
+        f.write(json.dumps({"seconds": round(outcome.seconds, 3), "returncode": outcome.returncode,
+                            "finished_at": datetime.datetime.now().isoformat(timespec="seconds")}) + "\n")
+
+
+def total_wall_time(workdir) -> Optional[float]:
+    """Seconds of every train.py invocation of a run (resumptions summed), or None if unknown."""
+    path = Path(workdir) / WALL_TIME_FILE
+    if not path.exists():
+        return None
+    return sum(json.loads(line)["seconds"] for line in path.read_text().splitlines() if line.strip())
 
 
 def _stop_children(running: Mapping[int, tuple], log: Callable[[str], None]) -> None:
@@ -218,15 +302,47 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _headline_means(per_set: Mapping[str, Mapping[str, float]], prefix: str = "") -> dict[str, float]:
+    """Plain means of AUROC / FPR95 over the non-noise sets (``mean``) and the noise sets (``noise``)."""
+    metrics = {}
+    for group, names in (("mean", [n for n in per_set if n != "mean" and not is_noise_set(n)]),
+                         ("noise", [n for n in per_set if n != "mean" and is_noise_set(n)])):
+        if names:
+            for key in ("auroc", "fpr95"):
+                metrics[f"{prefix}{key}/{group}"] = statistics.fmean(per_set[n][key] for n in names)
+    return metrics
+
+
 def run_metrics(results: Mapping) -> dict[str, float]:
-    """The numbers of one run's eval.json used here (fractions): acc, ece, nll, and for the
-    primary score the mean and per-set AUROC / FPR95 (``auroc/<set>``, ``fpr95/<set>``)."""
+    """The numbers of one run's eval.json used here (fractions).
+
+    ``acc``, ``ece``, ``nll``; ``train_acc`` (eval mode, fixed training subset) when recorded;
+    for the primary score per-set AUROC / FPR95 (``auroc/<set>``, ``fpr95/<set>``), their mean
+    over the non-noise sets (``auroc/mean``) and over the noise sets (``auroc/noise``); the same
+    means for ``energy`` (``energy_auroc/mean``, ...); MOON's mean p(unknown) (``p_unknown/id``,
+    ``p_unknown/<set>``); the last iterate's ``last_acc`` and ``last_auroc/mean`` when the
+    reported model is the weight average.
+    """
     cls = results["classification"]
     ood = results["ood"][results["primary_score"]]
     metrics = {"acc": cls["acc"], "ece": cls["ece"], "nll": cls["nll"]}
+    if "train_subset_classification" in results:
+        metrics["train_acc"] = results["train_subset_classification"]["acc"]
     for name, values in ood.items():
-        metrics[f"auroc/{name}"] = values["auroc"]
-        metrics[f"fpr95/{name}"] = values["fpr95"]
+        if name != "mean":
+            metrics[f"auroc/{name}"] = values["auroc"]
+            metrics[f"fpr95/{name}"] = values["fpr95"]
+    metrics.update(_headline_means(ood))
+    if "energy" in results["ood"]:
+        metrics.update(_headline_means(results["ood"]["energy"], "energy_"))
+    unknown = results.get("unknown_probability")
+    if unknown:
+        metrics["p_unknown/id"] = unknown["id"]
+        metrics.update({f"p_unknown/{name}": value for name, value in unknown["ood"].items()})
+    last = results.get("last_iterate")
+    if last:
+        metrics["last_acc"] = last["classification"]["acc"]
+        metrics.update({k: v for k, v in _headline_means(last["ood"], "last_").items() if k.startswith("last_auroc")})
     return metrics
 
 
@@ -289,21 +405,79 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
                 f"({'within' if abs(d_acc[0]) <= 0.005 else 'not within'} 0.5 points), ECE {_pm(d_ece)} "
                 f"({'lower' if d_ece[0] < 0 else 'not lower'}{_noise_note(d_ece)}); {d_auroc[2]} paired seed(s)."
             )
+    for method, baseline, claim in COMPARISONS:
+        if method not in methods or baseline not in methods:
+            continue
+        d_auroc = paired_difference(per_run, method, baseline, "auroc/mean")
+        d_acc = paired_difference(per_run, method, baseline, "acc")
+        d_ece = paired_difference(per_run, method, baseline, "ece")
+        if None in (d_auroc, d_acc, d_ece):
+            continue
+        lines.append(
+            f"- {method_label(method, sparsity)} - {method_label(baseline, sparsity)}: mean AUROC {_pm(d_auroc)} points "
+            f"({'higher' if d_auroc[0] > 0 else 'not higher'}{_noise_note(d_auroc)}), ACC {_pm(d_acc)}, "
+            f"ECE {_pm(d_ece)}; {d_auroc[2]} paired seed(s). Paper: {claim}."
+        )
     return lines
 
 
-def summary_table(stats: Mapping[str, Mapping[str, tuple[float, float, int]]], methods: Sequence[str], sparsity: float) -> str:
-    """Markdown: one row per method, ACC / ECE / NLL / mean AUROC / mean FPR95 (mean ± std)."""
-    lines = ["| method | seeds | ACC | ECE | NLL | mean AUROC | mean FPR95 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+def _cell(stats: Mapping[str, tuple[float, float, int]], key: str, scale: float = 100.0, digits: int = 2) -> str:
+    return _pm(stats[key], scale, digits) if key in stats else "n/a"
+
+
+def summary_table(
+    stats: Mapping[str, Mapping[str, tuple[float, float, int]]],
+    methods: Sequence[str],
+    sparsity: float,
+    scores: Optional[Mapping[str, str]] = None,
+) -> str:
+    """Markdown: one row per method (mean ± std over seeds): training accuracy, ACC / ECE / NLL,
+    the primary score's mean AUROC / FPR95 over the non-noise OOD sets, its noise-set AUROC, the
+    same means for energy, and the wall time per run in minutes."""
+    scores = scores or {}
+    lines = [
+        "| method | seeds | train ACC | ACC | ECE | NLL | score | mean AUROC | mean FPR95 | noise AUROC | "
+        "energy AUROC | energy FPR95 | minutes / run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for method in methods:
         if method not in stats:
             continue
         s = stats[method]
         lines.append(
-            f"| {method_label(method, sparsity)} | {s['acc'][2]} | {_pm(s['acc'])} | {_pm(s['ece'])} | "
-            f"{_pm(s['nll'], 1.0, 4)} | {_pm(s['auroc/mean'])} | {_pm(s['fpr95/mean'])} |"
+            f"| {method_label(method, sparsity)} | {s['acc'][2]} | {_cell(s, 'train_acc')} | {_pm(s['acc'])} | "
+            f"{_pm(s['ece'])} | {_pm(s['nll'], 1.0, 4)} | {scores.get(method, '')} | {_cell(s, 'auroc/mean')} | "
+            f"{_cell(s, 'fpr95/mean')} | {_cell(s, 'auroc/noise')} | {_cell(s, 'energy_auroc/mean')} | "
+            f"{_cell(s, 'energy_fpr95/mean')} | {_cell(s, 'wall_s', 1 / 60, 1)} |"
         )
     return "\n".join(lines)
+
+
+def moon_table(stats: Mapping[str, Mapping[str, tuple[float, float, int]]], methods: Sequence[str], sparsity: float) -> str:
+    """Markdown: for runs with an unknown output or a weight average, the mean p(unknown) on the
+    ID test set and each OOD set, and the last iterate's ACC / mean AUROC beside the average's."""
+    sets = []
+    for method in methods:
+        for key in stats.get(method, {}):
+            if key.startswith("p_unknown/") and key != "p_unknown/id" and key.split("/", 1)[1] not in sets:
+                sets.append(key.split("/", 1)[1])
+    lines = [
+        "| method | p(unknown) ID | " + " | ".join(f"p(unknown) {n}" for n in sets)
+        + " | ACC average | ACC last iterate | mean AUROC average | mean AUROC last iterate |",
+        "| --- | ---: |" + " ---: |" * len(sets) + " ---: | ---: | ---: | ---: |",
+    ]
+    rows = 0
+    for method in methods:
+        s = stats.get(method, {})
+        if "p_unknown/id" not in s and "last_acc" not in s:
+            continue
+        rows += 1
+        cells = [_cell(s, "p_unknown/id")] + [_cell(s, f"p_unknown/{n}") for n in sets]
+        average = "last_acc" in s
+        cells += [_cell(s, "acc") if average else "n/a", _cell(s, "last_acc"),
+                  _cell(s, "auroc/mean") if average else "n/a", _cell(s, "last_auroc/mean")]
+        lines.append(f"| {method_label(method, sparsity)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if rows else ""
 
 
 def per_set_table(stats: Mapping[str, Mapping[str, tuple[float, float, int]]], methods: Sequence[str], sparsity: float) -> str:
@@ -312,8 +486,9 @@ def per_set_table(stats: Mapping[str, Mapping[str, tuple[float, float, int]]], m
     for method in methods:
         for key in stats.get(method, {}):
             name = key.split("/", 1)[1] if key.startswith("auroc/") else None
-            if name and name != "mean" and name not in sets:
+            if name and name not in ("mean", "noise") and name not in sets:
                 sets.append(name)
+    sets.sort(key=is_noise_set)  # noise sets last
     header = "| method | " + " | ".join(f"{s} AUROC / FPR95" for s in sets) + " |"
     lines = [header, "| --- |" + " ---: |" * len(sets)]
     for method in methods:
@@ -335,28 +510,54 @@ def reproduction_report(
     invocation: str,
     notes: Sequence[str] = (),
     date: Optional[str] = None,
+    scale: str = "",
 ) -> str:
-    """The whole Markdown report (see the module docstring)."""
+    """The whole Markdown report (see the module docstring). ``scale``: the scale of the runs
+    and why it was chosen (e.g. the config file's docstring)."""
     per_run = {key: run_metrics(r) for key, r in results.items()}
+    for o in outcomes:
+        seconds = total_wall_time(o.spec.workdir)
+        if (o.spec.method, o.spec.seed) in per_run and seconds is not None:
+            per_run[(o.spec.method, o.spec.seed)]["wall_s"] = seconds
     stats = aggregate(per_run)
+    scores = {m: f"`{r['primary_score']}`" for (m, _), r in results.items()}
     seeds = sorted({s for _, s in per_run} | {o.spec.seed for o in outcomes})
     first = next(iter(results.values()), {})
     date = date or datetime.date.today().isoformat()
-    lines = [
-        f"# {title}",
+    all_sets = list(first.get("ood_sizes", {}))
+    headline_sets = ", ".join(n for n in all_sets if not is_noise_set(n)) or "the non-noise sets"
+    noise_sets = ", ".join(n for n in all_sets if is_noise_set(n)) or "none"
+    lines = [f"# {title}", "", f"Measured {date} on {device}; seeds {', '.join(map(str, seeds))}. Made by `{invocation}`."]
+    if scale:
+        lines += ["", "## Scale and why", "", scale.strip()]
+    lines += [
         "",
-        f"Measured {date} on {device}; seeds {', '.join(map(str, seeds))}. Made by `{invocation}`.",
+        "## Summary",
         "",
-        summary_table(stats, methods, sparsity),
+        summary_table(stats, methods, sparsity, scores),
         "",
-        f"ACC, ECE (15 bins), NLL of the K-class softmax on the {first.get('num_test', '?')} ID test images; mean "
-        "AUROC / FPR95: plain mean over the OOD sets of the run's primary score (`moon_msp` with MOON: softmax over "
-        "K+1 outputs, max over the first K; MSP otherwise), ID positive (OpenOOD v1, as the MOON reference evaluates); "
-        "MOON runs are the epoch-wise weight average. Percent except NLL; mean ± sample std over seeds.",
+        f"ACC, ECE (15 bins), NLL of the K-class softmax on the {first.get('num_test', '?')} ID test images; train ACC: "
+        "the same model in eval mode on a fixed subset of (at most 10,000) stored training images. score: the run's "
+        "primary score, the paper's (`moon_msp` for a K+1 head: softmax over K+1 outputs, max over the first K; MSP "
+        f"otherwise). mean AUROC / FPR95: plain mean over {headline_sets} (the paper's benchmark); noise AUROC: mean "
+        f"over {noise_sets}, not in the headline; energy: the same means for the energy score. ID positive (OpenOOD v1, "
+        "as the MOON reference evaluates). Runs with voting are evaluated as the weight average. Percent except NLL; "
+        "mean ± sample std over seeds; minutes / run: train.py's wall time (resumptions summed, evaluation included).",
         "",
         "## Per OOD set",
         "",
         per_set_table(stats, methods, sparsity),
+        "",
+        "AUROC / FPR95 of the primary score per set.",
+    ]
+    moon_part = moon_table(stats, methods, sparsity)
+    if moon_part:
+        lines += [
+            "", "## The unknown output and the voting", "", moon_part, "",
+            "p(unknown): mean softmax probability of the K+1-th output (runs with a K+1 head). Last iterate: the "
+            "final weights with their own BatchNorm statistics, primary score only (what the voting adds).",
+        ]
+    lines += [
         "",
         "## The paper's claims, as measured",
         "",
@@ -364,8 +565,13 @@ def reproduction_report(
     ]
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
-    lines += ["", "## Runs", "", "| method | seed | exit | wall time of this invocation (s) | command |", "| --- | ---: | ---: | ---: | --- |"]
+    lines += ["", "## Runs", "",
+              "| method | seed | exit | wall time of this invocation (s) | wall time, all invocations (s) | command |",
+              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for o in outcomes:
-        lines.append(f"| {o.spec.method} | {o.spec.seed} | {o.returncode} | {o.seconds:.1f} | `{display_command(o.spec)}` |")
+        total = total_wall_time(o.spec.workdir)
+        total_cell = f"{total:.1f}" if total is not None else "n/a"
+        lines.append(f"| {o.spec.method} | {o.spec.seed} | {o.returncode} | {o.seconds:.1f} | {total_cell} | "
+                     f"`{display_command(o.spec)}` |")
     lines += ["", "Evaluate again or compare with `python eval.py --compare " + " ".join(str(o.spec.workdir) for o in outcomes) + "`."]
     return "\n".join(lines) + "\n"

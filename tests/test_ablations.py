@@ -202,3 +202,16 @@ def test_random_dropconnect_follows_the_reference_update_order():
         pre_drop = np.where(newly, w_before, pre_drop)
         assert np.asarray(params["kernel"])[7] == 0.0  # inactive stays exactly zero
     assert newly_dropped_then_kept > 0  # the seed exercises a drop and a restore
+
+
+def test_method_name_states_the_switches():
+    from moon_jax.evaluation.runner import method_name
+
+    config = tiny_digits_config()
+    assert method_name(config) == "MOON + rigl 90% erk"
+    config.moon.loss_weighting, config.moon.averaging_epochs = "none", 0
+    assert method_name(config) == "MOON + rigl 90% erk (no loss modification, no voting)"
+    config.moon.head, config.moon.averaging_epochs, config.moon.dropconnect_rate = "none", 2, 0.01
+    assert method_name(config) == "rigl 90% erk (weight averaging, random mask 0.01)"
+    config.moon.enabled, config.data.mixup_alpha = False, 0.2
+    assert method_name(config) == "rigl 90% erk (Mixup 0.2)"

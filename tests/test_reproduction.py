@@ -273,3 +273,24 @@ def test_sigterm_stops_the_runs_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
     resumed = (root / "rigl_s0" / "train.log").read_text().split("SIGTERM: saved")[1]
     assert f"from the checkpoint at step {saved.group(1)}" in resumed
     assert "| RigL 90% | 1 |" in output.read_text()
+
+
+def test_cpu_config_keeps_every_phase_of_the_reference_recipe_in_proportion():
+    from conftest import load_config
+    from moon_jax.training.config import validate_config
+
+    cpu, reference = load_config("cifar10_cpu"), load_config("cifar10_resnet18")
+    validate_config(cpu)
+    steps_per_epoch = cpu.data.num_train_examples // cpu.train.batch_size
+    assert steps_per_epoch == 40 and cpu.model.width == 16 and cpu.data.augment == "flip"
+    share = lambda c, n: n / c.train.epochs  # noqa: E731
+    for field in ("warmup_epochs", "averaging_epochs"):
+        assert share(cpu, cpu.moon[field]) == share(reference, reference.moon[field])
+    assert share(cpu, cpu.train.constant_lr_epochs) == share(reference, reference.train.constant_lr_epochs)
+    assert cpu.sparse.end_fraction == reference.sparse.end_fraction == 0.7
+    # mask updates per epoch as the reference's (every 80 of 390 iterations: 4.9 an epoch)
+    assert steps_per_epoch / cpu.sparse.update_every == 5 and 390 / reference.sparse.update_every == pytest.approx(4.9, abs=0.03)
+    for group, field in (("train", "base_lr"), ("train", "lr_ini"), ("train", "lr_end"), ("train", "batch_size"),
+                         ("train", "weight_decay"), ("sparse", "sparsity"), ("sparse", "drop_fraction"),
+                         ("moon", "alpha_init_factor"), ("moon", "alpha_final")):
+        assert cpu[group][field] == reference[group][field]

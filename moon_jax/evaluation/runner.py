@@ -12,11 +12,29 @@ from moon_jax.training.trainer import TrainState, Trainer
 
 
 def method_name(config) -> str:
-    """``MOON + rigl 90% erk``-style description of a run's method."""
+    """``MOON + rigl 90% erk``-style description of a run's method, with its ablation and
+    baseline switches in parentheses (e.g. ``rigl 90% erk (weight averaging, random mask 0.01)``)."""
     name = config.sparse.method
     if config.sparse.method != "dense":
         name += f" {100 * config.sparse.sparsity:g}% {config.sparse.distribution}"
-    return ("MOON + " if config.moon.enabled else "") + name
+    m, extras, prefix = config.moon, [], ""
+    if m.enabled:
+        prefix = "" if m.head == "none" else "MOON + "
+        if m.head == "reference_k":
+            extras.append("reference K-output head")
+        if m.head != "none" and m.loss_weighting == "none":
+            extras.append("no loss modification")
+        if m.head != "none" and m.alpha_tuning == "fixed":
+            extras.append(f"fixed alpha {m.fixed_alpha:g}")
+        if not m.averaging_epochs and m.head != "none":
+            extras.append("no voting")
+        elif m.averaging_epochs and m.head == "none":
+            extras.append("weight averaging")
+        if m.dropconnect_rate:
+            extras.append(f"random mask {m.dropconnect_rate:g}")
+    if config.data.mixup_alpha:
+        extras.append(f"Mixup {config.data.mixup_alpha:g}")
+    return prefix + name + (f" ({', '.join(extras)})" if extras else "")
 
 
 def averaged_model(state: TrainState):

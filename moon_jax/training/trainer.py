@@ -82,7 +82,7 @@ class Trainer:
       augment: the on-device augmentation (``crop_flip``, ``flip`` or ``none``).
       mean, std: per-channel normalisation constants.
       lr_schedule: learning rate as a function of the global iteration.
-      rule: which leaves are sparsifiable (DropConnect acts on them).
+      rule: which leaves are sparsifiable.
       num_shards: the global batch is split into this many equal shards; each shard has its own
         BatchNorm statistics and gradient (per-device BatchNorm, as in data-parallel training),
         and the shards' gradients, BatchNorm statistics, MOON statistics and metrics are

@@ -8,17 +8,18 @@ train.py, evaluate each run on every OOD set, and write one report (docs/REPRODU
     # the digits default job and its baselines on a laptop (the README's results table)
     python benchmarks/reproduce.py --config=configs/default.py --seeds=0,1,2 --root=runs/repro_digits \\
         --output=runs/repro_digits/REPRODUCTION.md
-    # the CPU-scale comparison (2 CPU cores, ~15 min a run): paper methods x 3 seeds, then the
+    # the CPU-scale comparison (2 CPU cores, ~15 min a run): the paper's methods x 3 seeds, the
     # ablations and baselines x 1 seed; run it in the background, re-run the same command to resume
-    python benchmarks/reproduce.py --config=configs/cifar10_cpu.py --methods=paper --seeds=0,1,2 \
+    python benchmarks/reproduce.py --config=configs/cifar10_cpu.py --seeds=0,1,2 \\
+        --methods=paper,ablations@0,baselines@0,moon_rigl_reference_head@0 \\
         --root=runs/repro_cpu --output=docs/REPRODUCTION_CPU.md
-    python benchmarks/reproduce.py --config=configs/cifar10_cpu.py --methods=all --seeds=0 ...
     # a CPU smoke test of the whole path: any --config.a.b=value is passed to every run
     python benchmarks/reproduce.py --root=runs/repro_smoke --output=runs/repro_smoke/REPRODUCTION.md \\
         --config.model.width=8 --config.train.epochs=4 --config.moon.warmup_epochs=1 \\
         --config.moon.averaging_epochs=1 --config.sparse.end_fraction=0.5 --config.data.num_train_examples=2000
 
-Methods (--methods, comma-separated; or a group: paper, ablations, baselines, all):
+Methods (--methods, comma-separated; or a group: paper, ablations, baselines, all; a name or group
+with @ and seeds joined by + runs over those seeds instead of --seeds, e.g. ablations@0):
   dense, static, set, rigl, moon_dense, moon_static, moon_set, moon_rigl; the paper's Figure 5
   ablations moon_rigl_no_loss (K+1 head, plain cross-entropy), moon_rigl_fixed_alpha,
   moon_rigl_no_voting; Figure 3's baselines mixup_rigl (Mixup, alpha 0.2) and cigl_rigl (CigL's
@@ -70,14 +71,18 @@ METHOD_GROUPS = {
 }
 
 
-def expand_methods(text: str) -> list[str]:
-    """Method names from a comma-separated list of names and group names, in order, once each."""
-    methods = []
-    for name in (n for n in text.split(",") if n):
+def expand_methods(text: str) -> tuple[list[str], dict[str, list[int]]]:
+    """``(methods, method_seeds)`` from a comma-separated list of method and group names, each
+    optionally with its own seeds after ``@`` (``ablations@0``, ``rigl@0+1``); in order, once each."""
+    methods, method_seeds = [], {}
+    for item in (n for n in text.split(",") if n):
+        name, _, seeds = item.partition("@")
         for method in METHOD_GROUPS.get(name, (name,)):
             if method not in methods:
                 methods.append(method)
-    return methods
+            if seeds:
+                method_seeds[method] = [int(s) for s in seeds.split("+") if s]
+    return methods, method_seeds
 
 
 def config_docstring(path: str) -> str:
@@ -121,7 +126,10 @@ def parse_args(argv):
     if bad:
         parser.error(f"unrecognised arguments: {' '.join(bad)} (run overrides look like --config.a.b=value)")
     args.overrides = rest
-    args.methods = expand_methods(args.methods)
+    try:
+        args.methods, args.method_seeds = expand_methods(args.methods)
+    except ValueError:
+        parser.error(f"--methods={args.methods}: seeds after @ are integers joined by +, e.g. ablations@0+1")
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     return args
 
@@ -138,7 +146,7 @@ def main(argv=None) -> int:
 
     try:
         specs = plan_runs(args.config, args.methods, args.seeds, args.root, args.overrides,
-                          train_script=str(_ROOT / "train.py"))
+                          train_script=str(_ROOT / "train.py"), method_seeds=args.method_seeds)
         check_specs(specs)
     except (ValueError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -146,9 +146,13 @@ def plan_runs(
     overrides: Sequence[str] = (),
     python: str = sys.executable,
     train_script: str = "train.py",
+    method_seeds: Optional[Mapping[str, Sequence[int]]] = None,
 ) -> list[RunSpec]:
     """The runs for every ``method x seed``: workdir ``<root>/<method>_s<seed>`` and its command.
 
+    Ordered seed by seed (every method of the first seed, then the next seed), so that a long job
+    cut short still holds complete paired comparisons. ``method_seeds`` gives some methods their
+    own seeds (e.g. the ablations over one seed, the paper's methods over three).
     ``overrides`` are extra ``--config.a.b=value`` arguments shared by every run (e.g. a smaller
     model for a smoke test); they come before the method's own, which therefore win.
     """
@@ -158,10 +162,15 @@ def plan_runs(
     bad = [o for o in overrides if not o.startswith("--config.")]
     if bad:
         raise ValueError(f"overrides must look like --config.a.b=value, got: {' '.join(bad)}")
+    seeds_of = {m: list((method_seeds or {}).get(m, seeds)) for m in methods}
+    all_seeds = sorted({s for m in methods for s in seeds_of[m]}, key=lambda s: min(
+        seeds_of[m].index(s) for m in methods if s in seeds_of[m]))
     specs = []
-    for method in methods:
-        spec = METHODS[method]
-        for seed in seeds:
+    for seed in all_seeds:
+        for method in methods:
+            if seed not in seeds_of[method]:
+                continue
+            spec = METHODS[method]
             workdir = Path(root) / f"{method}_s{seed}"
             command = (
                 python, train_script, f"--config={config_path}", f"--workdir={workdir}",

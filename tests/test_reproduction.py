@@ -53,7 +53,7 @@ def full_fake_results(acc, train_acc, aurocs, noise_auroc, energy_aurocs, p_unkn
 def test_plan_runs_builds_one_command_per_method_and_seed(tmp_path):
     specs = rp.plan_runs("configs/x.py", ["dense", "moon_rigl"], [0, 2], tmp_path, ["--config.model.width=8"],
                          python="py", train_script="train.py")
-    assert [(s.method, s.seed) for s in specs] == [("dense", 0), ("dense", 2), ("moon_rigl", 0), ("moon_rigl", 2)]
+    assert [(s.method, s.seed) for s in specs] == [("dense", 0), ("moon_rigl", 0), ("dense", 2), ("moon_rigl", 2)]
     assert specs[3].workdir == tmp_path / "moon_rigl_s2"
     assert specs[3].command == (
         "py", "train.py", "--config=configs/x.py", f"--workdir={tmp_path / 'moon_rigl_s2'}", "--config.model.width=8",
@@ -158,7 +158,9 @@ def test_report_tables_hold_the_runs_numbers(tmp_path):
 def test_report_separates_noise_sets_and_shows_energy_train_accuracy_p_unknown_last_iterate_and_wall_time(tmp_path):
     specs = rp.plan_runs("configs/c.py", ["rigl", "moon_rigl"], [0, 1], tmp_path)
     outcomes = [rp.RunOutcome(s, 0, 3.0) for s in specs]
-    for spec, seconds in zip(specs, (600.0, 660.0, 720.0, 780.0)):
+    wall = {("rigl", 0): 600.0, ("rigl", 1): 660.0, ("moon_rigl", 0): 720.0, ("moon_rigl", 1): 780.0}
+    for spec in specs:
+        seconds = wall[(spec.method, spec.seed)]
         spec.workdir.mkdir(parents=True)
         rp.record_wall_time(rp.RunOutcome(spec, 143, seconds - 100.0))  # preempted, then resumed
         rp.record_wall_time(rp.RunOutcome(spec, 0, 100.0))
@@ -203,8 +205,16 @@ def test_every_ablation_and_baseline_is_a_method_with_its_switches(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import reproduce
 
-    assert reproduce.expand_methods("rigl,ablations,rigl") == ["rigl", *rp.ABLATION_METHODS]
-    assert reproduce.expand_methods("all")[:5] == list(rp.PAPER_METHODS) and set(reproduce.expand_methods("all")) == set(rp.METHODS)
+    assert reproduce.expand_methods("rigl,ablations,rigl") == (["rigl", *rp.ABLATION_METHODS], {})
+    methods, _ = reproduce.expand_methods("all")
+    assert methods[:5] == list(rp.PAPER_METHODS) and set(methods) == set(rp.METHODS)
+    # the paper's methods over three seeds, the ablations over one: seed by seed
+    methods, method_seeds = reproduce.expand_methods("rigl,moon_rigl,ablations@0,mixup_rigl@1+0")
+    assert method_seeds == {**{m: [0] for m in rp.ABLATION_METHODS}, "mixup_rigl": [1, 0]}
+    specs = rp.plan_runs("c.py", methods, [0, 1, 2], tmp_path, method_seeds=method_seeds)
+    assert [(s.method, s.seed) for s in specs] == [
+        ("rigl", 0), ("moon_rigl", 0), *[(m, 0) for m in rp.ABLATION_METHODS], ("mixup_rigl", 0),
+        ("rigl", 1), ("moon_rigl", 1), ("mixup_rigl", 1), ("rigl", 2), ("moon_rigl", 2)]
 
 
 def test_ablation_comparisons_are_paired_differences_with_the_paper_claim():

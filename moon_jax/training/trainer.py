@@ -264,7 +264,7 @@ class Trainer:
     def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
         """One masked optimizer iteration on a uint8 batch."""
         rng = jax.random.fold_in(state.rng, state.step)
-        step_rng, _ = jax.random.split(rng)
+        step_rng, _ = jax.random.split(rng)  # the key earlier versions used: same results as before
         loss, grads, batch_stats, moon_state, aux = self._sharded_loss_and_grads(state, state.params, images, labels, step_rng)
         snapshot = moon.is_snapshot_step(
             state.step, self.steps_per_epoch, self.total_epochs, self.averaging_epochs, self.averaging_trigger

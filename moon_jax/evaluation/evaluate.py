@@ -39,8 +39,9 @@ from moon_jax.moon import scores as score_lib
 
 #: Version of the eval.json layout; ``eval.py --compare`` re-evaluates older files.
 #: 2: + ``ood_groups``, ``ood_group_members``, ``temperature_scaling``, ``score_settings``,
-#: model and feature scores.
-FORMAT_VERSION = 2
+#: model and feature scores. 3: + ``train_subset_classification``, ``unknown_probability`` and
+#: (runs with weight averaging) ``last_iterate``.
+FORMAT_VERSION = 3
 
 
 # --------------------------------------------------------------------------------- predicting

@@ -548,7 +548,7 @@ def reproduction_report(
         f"ACC, ECE (15 bins), NLL of the K-class softmax on the {first.get('num_test', '?')} ID test images; train ACC: "
         "the same model in eval mode on a fixed subset of (at most 10,000) stored training images. score: the run's "
         "primary score, the paper's (`moon_msp` for a K+1 head: softmax over K+1 outputs, max over the first K; MSP "
-        f"otherwise). mean AUROC / FPR95: plain mean over {headline_sets} (the paper's benchmark); noise AUROC: mean "
+        f"otherwise). mean AUROC / FPR95: plain mean over {headline_sets}; noise AUROC: mean "
         f"over {noise_sets}, not in the headline; energy: the same means for the energy score. ID positive (OpenOOD v1, "
         "as the MOON reference evaluates). Runs with voting are evaluated as the weight average. Percent except NLL; "
         "mean ± sample std over seeds; minutes / run: train.py's wall time (resumptions summed, evaluation included).",
@@ -563,7 +563,7 @@ def reproduction_report(
     if moon_part:
         lines += [
             "", "## The unknown output and the voting", "", moon_part, "",
-            "p(unknown): mean softmax probability of the K+1-th output (runs with a K+1 head). Last iterate: the "
+            "p(unknown): mean softmax probability of the K+1-th output, percent (runs with a K+1 head). Last iterate: the "
             "final weights with their own BatchNorm statistics, primary score only (what the voting adds).",
         ]
     if "moon_rigl_reference_head" in stats:

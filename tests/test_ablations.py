@@ -215,3 +215,22 @@ def test_method_name_states_the_switches():
     assert method_name(config) == "rigl 90% erk (weight averaging, random mask 0.01)"
     config.moon.enabled, config.data.mixup_alpha = False, 0.2
     assert method_name(config) == "rigl 90% erk (Mixup 0.2)"
+
+
+@pytest.mark.slow
+def test_mixup_with_moon_trains_through_the_loop(tmp_path):
+    from moon_jax.training import train_and_evaluate
+
+    config = tiny_digits_config()
+    config.train.epochs = 5
+    config.moon.warmup_epochs = 1
+    config.moon.averaging_epochs = 1
+    config.sparse.end_fraction = 0.5
+    config.data.mixup_alpha = 0.2
+    results = train_and_evaluate(config, tmp_path)
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert all(np.isfinite(r["loss"]) for r in train) and train[-1]["alpha"] > 0
+    assert results["classification"]["acc"] > 0.5  # chance is 0.1

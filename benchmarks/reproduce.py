@@ -22,7 +22,7 @@ Methods (--methods, comma-separated; or a group: paper, ablations, baselines, al
 with @ and seeds joined by + runs over those seeds instead of --seeds, e.g. ablations@0):
   dense, static, set, rigl, moon_dense, moon_static, moon_set, moon_rigl; the paper's Figure 5
   ablations moon_rigl_no_loss (K+1 head, plain cross-entropy), moon_rigl_fixed_alpha,
-  moon_rigl_no_voting; Figure 3's baselines mixup_rigl (Mixup, alpha 0.2) and cigl_rigl (CigL's
+  moon_rigl_no_voting (and moon_rigl_untuned_ramp, the reference's ramp without the EWMA); Figure 3's baselines mixup_rigl (Mixup, alpha 0.2) and cigl_rigl (CigL's
   1% random mask + weight averaging, K outputs); moon_rigl_reference_head (the reference's
   10-output CIFAR-10 head) and moon_cigl_rigl (MOON with CigL's mask, as the reference ran it).
   With --methods=all the report lists the paper's methods first.

@@ -74,6 +74,8 @@ METHODS: dict[str, Method] = {
     "moon_rigl_no_loss": Method("MOON + {sparse}, no loss modification", "rigl",
                                 _MOON + ("--config.moon.loss_weighting=none",)),
     "moon_rigl_fixed_alpha": Method("MOON + {sparse}, fixed alpha", "rigl", _MOON + ("--config.moon.alpha_tuning=fixed",)),
+    "moon_rigl_untuned_ramp": Method("MOON + {sparse}, alpha ramp without the EWMA", "rigl",
+                                     _MOON + ("--config.moon.alpha_tuning=untuned_ramp",)),
     "moon_rigl_no_voting": Method("MOON + {sparse}, no voting", "rigl", _MOON + ("--config.moon.averaging_epochs=0",)),
     # Figure 3's baselines
     "mixup_rigl": Method("Mixup + {sparse}", "rigl", _NO_MOON + (f"--config.data.mixup_alpha={MIXUP_ALPHA}",)),
@@ -93,6 +95,7 @@ SPARSE_NAMES = {"static": "static", "set": "SET", "rigl": "RigL"}
 COMPARISONS = (
     ("moon_rigl", "moon_rigl_no_loss", "the loss modification helps (Fig. 5)"),
     ("moon_rigl", "moon_rigl_fixed_alpha", "the auto-tuning helps (Fig. 5)"),
+    ("moon_rigl", "moon_rigl_untuned_ramp", "(the auto-tuning against the reference's untuned ramp)"),
     ("moon_rigl", "moon_rigl_no_voting", "the voting helps (Fig. 5)"),
     ("moon_rigl", "mixup_rigl", "MOON beats Mixup (Fig. 3)"),
     ("moon_rigl", "cigl_rigl", "MOON beats CigL (Fig. 3)"),

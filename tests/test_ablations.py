@@ -51,6 +51,10 @@ def test_fixed_alpha_is_constant_after_warmup_and_auto_alpha_ramps():
     auto_alphas, _, _ = run_loss_over_epochs(moon.MoonLossConfig(total_epochs=6, warmup_epochs=2), 6)
     per_epoch = auto_alphas[6::3]
     assert np.all(np.diff(per_epoch) > 0) and per_epoch[-1] == pytest.approx(1.0, rel=1e-5)
+    # the reference's extra_c_loss_n: the same ramp from 1/64 (epochs 3..6: 1/64 + k (1 - 1/64) / 3)
+    untuned = moon.MoonLossConfig(total_epochs=6, warmup_epochs=2, alpha_tuning="untuned_ramp")
+    ramp = run_loss_over_epochs(untuned, 6)[0][6::3]
+    np.testing.assert_allclose(ramp, [1 / 64 + k * (1 - 1 / 64) / 3 for k in range(4)], rtol=1e-5)
 
 
 def test_mixup_mixes_a_batch_with_a_beta_coefficient():
@@ -115,7 +119,7 @@ def test_head_none_is_plain_cross_entropy_with_k_outputs():
     [
         ("moon.head", "k", "allowed: k_plus_1, reference_k, none"),
         ("moon.loss_weighting", "ce", "allowed: unknown_aware, none"),
-        ("moon.alpha_tuning", "off", "allowed: auto, fixed"),
+        ("moon.alpha_tuning", "off", "allowed: auto, fixed, untuned_ramp"),
         ("moon.fixed_alpha", -1.0, "must be in [0.0, inf]"),
         ("data.mixup_alpha", -0.2, "must be in [0.0, inf]"),
         ("moon.head", "none", "has no unknown output"),

@@ -28,7 +28,10 @@ Ablations (the paper's Figure 5), as :class:`MoonLossConfig` fields:
 * ``weighting = 'none'``: no loss modification, ``w_i = 1`` for every example (the K+1 head
   trained with plain cross-entropy; the unknown output only ever gets pushed down);
 * ``alpha_tuning = 'fixed'``: alpha is ``fixed_alpha`` at every step of the unknown-aware phase
-  instead of the EWMA-initialised linear ramp.
+  instead of the EWMA-initialised linear ramp;
+* ``alpha_tuning = 'untuned_ramp'``: the same linear ramp, started from ``1 / alpha_init_factor``
+  instead of ``EWMA / alpha_init_factor`` (the reference's ``extra_c_loss_n.py``, which replaces
+  the EWMA by 1.0).
 
 Mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization", ICLR): the batch loss of
 mixed inputs is ``lam * L(y_a) + (1 - lam) * L(y_b)`` (:func:`mix_label_losses`), the standard
@@ -51,7 +54,7 @@ import jax.numpy as jnp
 
 UNKNOWN_PROB_CLIP = 1e-7
 WEIGHTINGS = ("unknown_aware", "none")
-ALPHA_TUNINGS = ("auto", "fixed")
+ALPHA_TUNINGS = ("auto", "fixed", "untuned_ramp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +68,8 @@ class MoonLossConfig:
       alpha_init_factor: alpha at epoch ``warmup + 1`` is EWMA / this (reference ``w_out2``: 64).
       alpha_final: alpha at the last epoch (reference ``w_out``: 1.0).
       weighting: ``'unknown_aware'`` (MOON) or ``'none'`` (ablation: weight 1 for every example).
-      alpha_tuning: ``'auto'`` (MOON's EWMA-initialised ramp) or ``'fixed'`` (ablation).
+      alpha_tuning: ``'auto'`` (MOON's EWMA-initialised ramp), ``'fixed'`` or
+        ``'untuned_ramp'`` (ablations).
       fixed_alpha: alpha over the whole unknown-aware phase with ``alpha_tuning = 'fixed'``.
         Default 1.0, the reference README's ``w_out``: the value the tuned ramp ends at, and the
         coefficient of the fixed-weight loss left commented out in the reference's
@@ -181,7 +185,7 @@ def moon_loss(
 
     first_set = jnp.logical_and(~in_warmup, state.alpha_epoch < 0)
     ramp = jnp.logical_and(~in_warmup, jnp.logical_and(state.alpha_epoch >= 0, epoch_1 > state.alpha_epoch))
-    alpha_first = ewma / config.alpha_init_factor
+    alpha_first = (1.0 if config.alpha_tuning == "untuned_ramp" else ewma) / config.alpha_init_factor
     increment_first = (config.alpha_final - alpha_first) / (config.total_epochs - epoch_1).astype(jnp.float32)
     alpha = jnp.where(first_set, alpha_first, jnp.where(ramp, state.alpha + state.alpha_increment, state.alpha))
     increment = jnp.where(first_set, increment_first, state.alpha_increment)

@@ -85,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.moon.enabled = True  # K+1 head + unknown-aware loss + voting; False = none of the moon.* switches
     c.moon.head = "k_plus_1"  # k_plus_1 | reference_k (K outputs, last class = "unknown") | none (K, cross-entropy)
     c.moon.loss_weighting = "unknown_aware"  # unknown_aware | none (ablation: plain cross-entropy on the head)
-    c.moon.alpha_tuning = "auto"  # auto (EWMA/64 ramped to alpha_final) | fixed (ablation: fixed_alpha)
+    c.moon.alpha_tuning = "auto"  # auto (EWMA/64 ramped to alpha_final) | fixed (fixed_alpha) | untuned_ramp (1/64 ramped)
     c.moon.fixed_alpha = 1.0  # alpha of the unknown-aware phase with alpha_tuning = fixed (reference w_out)
     c.moon.warmup_epochs = 5
     c.moon.ewma_mu = 0.05

@@ -14,7 +14,10 @@ reference). Batch, optimizer, sparsity and distribution are the reference's.
 
 Why this scale: a run must finish in about 15 minutes on 2 CPU cores. Width 16 takes about 2.6x
 the time of width 8 per step (775 vs 300 ms at batch 128 on the 2 shared cores of the machine that
-chose it, under a load of about 5; 166 ms for width 8 unloaded), which leaves about 1,600 steps.
+chose it, under a load of about 5; 166 ms for width 8 unloaded), so about 430 ms unloaded, which
+leaves about 1,600 steps (about 11.5 minutes) plus the BatchNorm passes of the averaging epochs and
+the final evaluation. (Full runs were not timed on an idle machine when this was chosen: the
+report's minutes-per-run column is the measurement.)
 MOON's loss acts on the training examples the network misclassifies, and the paper's networks fit
 their training set (ResNet-18 at 90% sparsity: about 1.1 M active weights for 50,000 images). At
 width 8 on 25,000 images with crop + flip the network underfits (about 72% training accuracy), and

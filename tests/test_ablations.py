@@ -238,3 +238,16 @@ def test_mixup_with_moon_trains_through_the_loop(tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert all(np.isfinite(r["loss"]) for r in train) and train[-1]["alpha"] > 0
     assert results["classification"]["acc"] > 0.5  # chance is 0.1
+
+
+def test_without_voting_there_is_no_weight_average():
+    config = tiny_digits_config()
+    config.moon.averaging_epochs = 0
+    _, trainer = build_run(config, with_ood=False)
+    params = {"w": jnp.zeros(2)}
+    assert trainer.averaging_epochs == 0 and trainer.uses_moon
+    assert moon.find_averaging_state(trainer.tx.init(params)) is None
+    assert not bool(moon.is_snapshot_step(trainer.total_steps - 1, trainer.steps_per_epoch, trainer.total_epochs, 0))
+    config.moon.averaging_epochs = 2
+    _, with_voting = build_run(config, with_ood=False)
+    assert moon.find_averaging_state(with_voting.tx.init(params)) is not None

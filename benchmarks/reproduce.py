@@ -12,7 +12,7 @@ train.py, evaluate each run on every OOD set, and write one report (docs/REPRODU
     # ablations and baselines x 1 seed; run it in the background, re-run the same command to resume
     python benchmarks/reproduce.py --config=configs/cifar10_cpu.py --seeds=0,1,2 \\
         --methods=paper,ablations@0,baselines@0,moon_rigl_reference_head@0 \\
-        --root=runs/repro_cpu --output=docs/REPRODUCTION_CPU.md
+        --root=runs/repro_cpu --output=docs/REPRODUCTION_CPU.md --no-plots
     # a CPU smoke test of the whole path: any --config.a.b=value is passed to every run
     python benchmarks/reproduce.py --root=runs/repro_smoke --output=runs/repro_smoke/REPRODUCTION.md \\
         --config.model.width=8 --config.train.epochs=4 --config.moon.warmup_epochs=1 \\

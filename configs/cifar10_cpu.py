@@ -33,7 +33,7 @@ Tiny ImageNet (resize), MNIST, the Textures subset (the headline mean), Gaussian
 (a separate column).
 
     python benchmarks/reproduce.py --config=configs/cifar10_cpu.py --methods=paper --seeds=0,1,2 \\
-        --root=runs/repro_cpu --output=docs/REPRODUCTION_CPU.md
+        --root=runs/repro_cpu --output=docs/REPRODUCTION_CPU.md --no-plots
 """
 from moon_jax.training.config import apply_reference_recipe, base_config
 

@@ -67,7 +67,7 @@ def test_cited_files_exist():
                REPO / "train.py", REPO / "eval.py", REPO / "README.md"]
     missing = set()
     for path in sources:
-        for cited in re.findall(r"(?<![\w./-])((?:[\w-]+/)+[\w.-]+\.(?:py|md|ipynb|toml))", path.read_text()):
+        for cited in re.findall(r"(?<![\w./-])((?:[\w-]+/)+[\w.-]+\.(?:py|md|ipynb|toml|ya?ml))", path.read_text()):
             if not GENERATED.match(cited) and not (REPO / cited).exists():
                 missing.add(f"{path.relative_to(REPO)} cites {cited}")
     assert not missing, sorted(missing)

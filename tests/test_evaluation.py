@@ -76,6 +76,19 @@ def tiny():
                 results=results, arrays=arrays)
 
 
+def test_evaluation_records_train_fit_and_mean_unknown_probability(tiny):
+    params, results = tiny["params"], tiny["results"]
+    train_logits, _, _ = np_forward(params, tiny["train"].images)
+    expected_acc = np.mean(train_logits[:, :K].argmax(axis=1) == tiny["train"].labels)
+    assert results["train_subset_classification"] == {"acc": pytest.approx(expected_acc, abs=1e-12), "num_examples": 90}
+    unknown = results["unknown_probability"]
+    test_logits, _, _ = np_forward(params, tiny["test"].images)
+    assert unknown["id"] == pytest.approx(np_softmax(test_logits)[:, -1].mean(), rel=1e-5)
+    for name, ds in tiny["ood"].items():
+        z, _, _ = np_forward(params, ds.images)
+        assert unknown["ood"][name] == pytest.approx(np_softmax(z)[:, -1].mean(), rel=1e-5)
+
+
 def np_forward(params, images):
     """The MLP in float64 NumPy: normalised input, ReLU features, logits."""
     x = (images.astype(np.float64) / 255.0 - MEAN[0]) / STD[0]

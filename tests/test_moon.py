@@ -253,23 +253,6 @@ def test_scores_float64_avoid_saturation_ties():
     assert s[0] > s[1]  # float32 softmax would give 1.0 for both
 
 
-# ----------------------------------------------------------------------------- dropconnect
-def test_dropconnect_restores_dropped_weights():
-    params = {"stem": {"kernel": jnp.ones((4, 50)), "bias": jnp.ones(50)}}
-    keep = moon.dropconnect_keep_masks(jax.random.key(0), params, 0.1)
-    assert keep["stem"]["bias"] is None
-    frac = 1 - float(jnp.mean(keep["stem"]["kernel"]))
-    assert 0.03 < frac < 0.2
-    dropped = moon.apply_keep_masks(params, keep)
-    assert float(jnp.sum(dropped["stem"]["kernel"])) == float(jnp.sum(keep["stem"]["kernel"]))
-    new = jax.tree.map(lambda p: p + 1.0, dropped)
-    restored = moon.restore_dropped(new, params, keep)
-    k = np.asarray(keep["stem"]["kernel"])
-    np.testing.assert_array_equal(np.asarray(restored["stem"]["kernel"])[~k], 1.0)
-    np.testing.assert_array_equal(np.asarray(restored["stem"]["kernel"])[k], 2.0)
-    np.testing.assert_array_equal(restored["stem"]["bias"], 2.0)
-
-
 def test_averaging_and_snapshot_schedule_run_inside_scan():
     params = {"w": jnp.zeros(3, jnp.float32)}
     tx = optax.chain(optax.sgd(1.0), moon.weight_averaging())

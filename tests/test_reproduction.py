@@ -1,5 +1,5 @@
 """The reproduction script (benchmarks/reproduce.py) and its library part
-(moon_jax.evaluation.reproduction): run planning, config checks, aggregation over seeds, the
+(moon_jax.reproduction): run planning, config checks, aggregation over seeds, the
 paper's claims as paired differences, and one real end-to-end run on digits."""
 import json
 import re
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from moon_jax.evaluation import reproduction as rp
+from moon_jax import reproduction as rp
 from moon_jax.training.config import ConfigError
 
 DEFAULT_CONFIG = str(REPO / "configs" / "default.py")
@@ -26,10 +26,34 @@ def fake_results(acc, ece, nll, aurocs, fprs, primary="msp"):
             "num_test": 100}
 
 
+def full_fake_results(acc, train_acc, aurocs, noise_auroc, energy_aurocs, p_unknown=None, last=None):
+    """An eval.json as evaluate_state now writes it: a noise set, energy, train accuracy, and for
+    MOON runs p(unknown) and the last iterate."""
+    sets = ("tin_resize", "mnist", "gaussian_noise")
+    primary = "moon_msp" if p_unknown else "msp"
+
+    def per_set(values):
+        table = {n: {"auroc": a, "fpr95": 1 - a} for n, a in zip(sets, values)}
+        table["mean"] = {"auroc": sum(values) / 3, "fpr95": 1 - sum(values) / 3}  # eval.py's mean has the noise
+        return table
+
+    results = {
+        "classification": {"acc": acc, "ece": 0.05, "nll": 0.5}, "primary_score": primary, "num_test": 100,
+        "ood": {primary: per_set((*aurocs, noise_auroc)), "energy": per_set((*energy_aurocs, 0.99))},
+        "ood_sizes": {n: 10 for n in sets}, "train_subset_classification": {"acc": train_acc, "num_examples": 50},
+    }
+    if p_unknown:
+        results["unknown_probability"] = {"id": p_unknown[0], "ood": dict(zip(sets, p_unknown[1:]))}
+    if last:
+        results["last_iterate"] = {"classification": {"acc": last[0], "ece": 0.1, "nll": 0.6}, "score": primary,
+                                   "ood": per_set((*last[1:], 0.5))}
+    return results
+
+
 def test_plan_runs_builds_one_command_per_method_and_seed(tmp_path):
     specs = rp.plan_runs("configs/x.py", ["dense", "moon_rigl"], [0, 2], tmp_path, ["--config.model.width=8"],
                          python="py", train_script="train.py")
-    assert [(s.method, s.seed) for s in specs] == [("dense", 0), ("dense", 2), ("moon_rigl", 0), ("moon_rigl", 2)]
+    assert [(s.method, s.seed) for s in specs] == [("dense", 0), ("moon_rigl", 0), ("dense", 2), ("moon_rigl", 2)]
     assert specs[3].workdir == tmp_path / "moon_rigl_s2"
     assert specs[3].command == (
         "py", "train.py", "--config=configs/x.py", f"--workdir={tmp_path / 'moon_rigl_s2'}", "--config.model.width=8",
@@ -122,11 +146,83 @@ def test_report_tables_hold_the_runs_numbers(tmp_path):
     }
     report = rp.reproduction_report("T", outcomes, results, ["dense", "rigl"], 0.9, "dev", "cmd", ["a note"], date="2026-01-02")
     assert "Measured 2026-01-02 on dev; seeds 0, 1. Made by `cmd`." in report
-    assert "| dense | 2 | 96.00 ± 1.41 | 3.00 ± 1.41 | 0.2500 ± 0.0707 | 94.00 ± 1.41 | 17.50 ± 3.54 |" in report
-    assert "| RigL 90% | 2 | 94.00 ± 0.00 | 4.00 ± 0.00 | 0.2500 ± 0.0000 | 88.00 ± 0.00 | 30.00 ± 0.00 |" in report
+    assert ("| dense | 2 | n/a | 96.00 ± 1.41 | 3.00 ± 1.41 | 0.2500 ± 0.0707 | `msp` | 94.00 ± 1.41 | 17.50 ± 3.54 | "
+            "n/a | n/a | n/a | n/a |") in report
+    assert "| RigL 90% | 2 | n/a | 94.00 ± 0.00 | 4.00 ± 0.00 | 0.2500 ± 0.0000 | `msp` | 88.00 ± 0.00 | 30.00 ± 0.00 |" in report
     assert "| dense | 91.00 ± 1.41 / 25.00 ± 7.07 | 97.00 ± 1.41 / 10.00 ± 0.00 |" in report
     assert "- a note" in report
-    assert re.search(r"\| rigl \| 1 \| 0 \| 12\.5 \| `python \S*train\.py --config=configs/c\.py", report)
+    assert re.search(r"\| rigl \| 1 \| 0 \| 12\.5 \| n/a \| `python \S*train\.py --config=configs/c\.py", report)
+    assert "## The unknown output and the voting" not in report  # no MOON run
+
+
+def test_report_separates_noise_sets_and_shows_energy_train_accuracy_p_unknown_last_iterate_and_wall_time(tmp_path):
+    specs = rp.plan_runs("configs/c.py", ["rigl", "moon_rigl"], [0, 1], tmp_path)
+    outcomes = [rp.RunOutcome(s, 0, 3.0) for s in specs]
+    wall = {("rigl", 0): 600.0, ("rigl", 1): 660.0, ("moon_rigl", 0): 720.0, ("moon_rigl", 1): 780.0}
+    for spec in specs:
+        seconds = wall[(spec.method, spec.seed)]
+        spec.workdir.mkdir(parents=True)
+        rp.record_wall_time(rp.RunOutcome(spec, 143, seconds - 100.0))  # preempted, then resumed
+        rp.record_wall_time(rp.RunOutcome(spec, 0, 100.0))
+    results = {
+        ("rigl", 0): full_fake_results(0.80, 0.99, (0.70, 0.80), 0.95, (0.72, 0.82)),
+        ("rigl", 1): full_fake_results(0.82, 1.00, (0.72, 0.82), 0.97, (0.74, 0.84)),
+        ("moon_rigl", 0): full_fake_results(0.81, 0.98, (0.74, 0.86), 0.60, (0.70, 0.80), (0.02, 0.10, 0.20, 0.30),
+                                            last=(0.79, 0.70, 0.80)),
+        ("moon_rigl", 1): full_fake_results(0.81, 1.00, (0.76, 0.84), 0.60, (0.70, 0.80), (0.04, 0.12, 0.22, 0.50),
+                                            last=(0.77, 0.72, 0.82)),
+    }
+    report = rp.reproduction_report("T", outcomes, results, ["rigl", "moon_rigl"], 0.9, "dev", "cmd",
+                                    date="2026-01-02", scale="Width 8, 10,000 images: it fits its training set.")
+    assert "## Scale and why\n\nWidth 8, 10,000 images: it fits its training set." in report
+    # headline mean over tin_resize and mnist only; the noise set in its own column; 10 / 11 / 12 / 13 minutes
+    assert ("| RigL 90% | 2 | 99.50 ± 0.71 | 81.00 ± 1.41 | 5.00 ± 0.00 | 0.5000 ± 0.0000 | `msp` | 76.00 ± 1.41 | "
+            "24.00 ± 1.41 | 96.00 ± 1.41 | 78.00 ± 1.41 | 22.00 ± 1.41 | 10.5 ± 0.7 |") in report
+    assert ("| MOON + RigL 90% | 2 | 99.00 ± 1.41 | 81.00 ± 0.00 | 5.00 ± 0.00 | 0.5000 ± 0.0000 | `moon_msp` | "
+            "80.00 ± 0.00 | 20.00 ± 0.00 | 60.00 ± 0.00 | 75.00 ± 0.00 | 25.00 ± 0.00 | 12.5 ± 0.7 |") in report
+    assert "| method | tin_resize AUROC / FPR95 | mnist AUROC / FPR95 | gaussian_noise AUROC / FPR95 |" in report
+    # p(unknown) ID / per set, then ACC and mean AUROC of the average beside the last iterate's
+    assert ("| MOON + RigL 90% | 3.00 ± 1.41 | 11.00 ± 1.41 | 21.00 ± 1.41 | 40.00 ± 14.14 | 81.00 ± 0.00 | "
+            "78.00 ± 1.41 | 80.00 ± 0.00 | 76.00 ± 1.41 |") in report
+    assert "- MOON + RigL 90% - RigL 90%: mean AUROC 4.00 ± 1.41 points (higher" in report
+    assert "| moon_rigl | 1 | 0 | 3.0 | 780.0 |" in report
+
+
+def test_every_ablation_and_baseline_is_a_method_with_its_switches(tmp_path):
+    tails = {s.method: s.command[5:] for s in rp.plan_runs("c.py", list(rp.METHODS), [0], tmp_path)}
+    assert tails["moon_rigl_no_loss"] == ("--config.sparse.method=rigl", "--config.moon.enabled=True",
+                                          "--config.moon.loss_weighting=none")
+    assert tails["moon_rigl_fixed_alpha"][-1] == "--config.moon.alpha_tuning=fixed"
+    assert tails["moon_rigl_no_voting"][-1] == "--config.moon.averaging_epochs=0"
+    assert tails["mixup_rigl"][-2:] == ("--config.moon.enabled=False", "--config.data.mixup_alpha=0.2")
+    assert tails["cigl_rigl"][-3:] == ("--config.moon.head=none", "--config.moon.loss_weighting=none",
+                                       "--config.moon.dropconnect_rate=0.01")
+    assert tails["moon_rigl_reference_head"][-1] == "--config.moon.head=reference_k"
+    assert rp.method_label("moon_rigl_no_voting", 0.9) == "MOON + RigL 90%, no voting"
+    assert rp.method_label("cigl_rigl", 0.8) == "CigL + RigL 80%"
+    # every method's config is valid on the default job
+    rp.check_specs(rp.plan_runs(DEFAULT_CONFIG, list(rp.METHODS), [0], tmp_path))
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import reproduce
+
+    assert reproduce.expand_methods("rigl,ablations,rigl") == (["rigl", *rp.ABLATION_METHODS], {})
+    methods, _ = reproduce.expand_methods("all")
+    assert methods[:5] == list(rp.PAPER_METHODS) and set(methods) == set(rp.METHODS)
+    # the paper's methods over three seeds, the ablations over one: seed by seed
+    methods, method_seeds = reproduce.expand_methods("rigl,moon_rigl,ablations@0,mixup_rigl@1+0")
+    assert method_seeds == {**{m: [0] for m in rp.ABLATION_METHODS}, "mixup_rigl": [1, 0]}
+    specs = rp.plan_runs("c.py", methods, [0, 1, 2], tmp_path, method_seeds=method_seeds)
+    assert [(s.method, s.seed) for s in specs] == [
+        ("rigl", 0), ("moon_rigl", 0), *[(m, 0) for m in rp.ABLATION_METHODS], ("mixup_rigl", 0),
+        ("rigl", 1), ("moon_rigl", 1), ("mixup_rigl", 1), ("rigl", 2), ("moon_rigl", 2)]
+
+
+def test_ablation_comparisons_are_paired_differences_with_the_paper_claim():
+    per_run = {("moon_rigl", 0): {"auroc/mean": 0.80, "acc": 0.9, "ece": 0.02},
+               ("moon_rigl_no_voting", 0): {"auroc/mean": 0.83, "acc": 0.9, "ece": 0.03}}
+    text = "\n".join(rp.claim_checks(per_run, 0.9))
+    assert ("- MOON + RigL 90% - MOON + RigL 90%, no voting: mean AUROC -3.00 points (not higher), ACC 0.00, "
+            "ECE -1.00; 1 paired seed(s). Paper: the voting helps (Fig. 5).") in text
 
 
 @pytest.mark.slow
@@ -144,19 +240,28 @@ def test_reproduce_script_end_to_end_on_digits(tmp_path):
     report = output.read_text()
     for method, label in (("rigl", "RigL 90%"), ("moon_rigl", "MOON + RigL 90%")):
         results = json.loads((root / f"{method}_s0" / "eval.json").read_text())
-        cls, mean = results["classification"], results["ood"][results["primary_score"]]["mean"]
-        row = (f"| {label} | 1 | {100 * cls['acc']:.2f} | {100 * cls['ece']:.2f} | {cls['nll']:.4f} | "
-               f"{100 * mean['auroc']:.2f} | {100 * mean['fpr95']:.2f} |")
+        cls, photos = results["classification"], results["ood"][results["primary_score"]]["digits_photos"]
+        train_acc = results["train_subset_classification"]["acc"]
+        noise = [results["ood"][results["primary_score"]][n]["auroc"] for n in ("gaussian_noise", "uniform_noise")]
+        # the headline mean is over the non-noise sets (here digits_photos alone); noise in its own column
+        row = (f"| {label} | 1 | {100 * train_acc:.2f} | {100 * cls['acc']:.2f} | {100 * cls['ece']:.2f} | "
+               f"{cls['nll']:.4f} | `{results['primary_score']}` | {100 * photos['auroc']:.2f} | "
+               f"{100 * photos['fpr95']:.2f} | {100 * sum(noise) / 2:.2f} |")
         assert row in report, report
         assert "--config.sparse.method=rigl" in (root / f"{method}_s0" / "train.log").read_text()
     assert results["primary_score"] == "moon_msp" and results["model"].startswith("weight average of")
+    assert "| MOON + RigL 90% | " in report.split("## The unknown output and the voting")[1].split("##")[0]
+    assert "## Scale and why\n\nThe embedded offline default" in report
     assert "- MOON + RigL 90% - RigL 90%: mean AUROC" in report
     assert "Measured " in report and "seeds 0." in report
     # Re-running resumes (nothing left to train) and rebuilds the same tables.
     again = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    table = lambda text: text.split("## Runs")[0].split("\n", 3)[3]  # noqa: E731 (skips the date line)
-    assert table(output.read_text()) == table(report)
+    def tables(text):  # skips the date line; the summary's last column (minutes / run) adds the re-run's time
+        summary, rest = text.split("## Runs")[0].split("\n", 3)[3].split("## Per OOD set")
+        return re.sub(r"\| [\d.]+( ± [\d.]+)? \|\n", "|\n", summary) + rest
+
+    assert tables(output.read_text()) == tables(report)
 
 
 @pytest.mark.slow
@@ -187,3 +292,24 @@ def test_sigterm_stops_the_runs_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
     resumed = (root / "rigl_s0" / "train.log").read_text().split("SIGTERM: saved")[1]
     assert f"from the checkpoint at step {saved.group(1)}" in resumed
     assert "| RigL 90% | 1 |" in output.read_text()
+
+
+def test_cpu_config_keeps_every_phase_of_the_reference_recipe_in_proportion():
+    from conftest import load_config
+    from moon_jax.training.config import validate_config
+
+    cpu, reference = load_config("cifar10_cpu"), load_config("cifar10_resnet18")
+    validate_config(cpu)
+    steps_per_epoch = cpu.data.num_train_examples // cpu.train.batch_size
+    assert steps_per_epoch == 40 and cpu.model.width == 16 and cpu.data.augment == "flip"
+    share = lambda c, n: n / c.train.epochs  # noqa: E731
+    for field in ("warmup_epochs", "averaging_epochs"):
+        assert share(cpu, cpu.moon[field]) == share(reference, reference.moon[field])
+    assert share(cpu, cpu.train.constant_lr_epochs) == share(reference, reference.train.constant_lr_epochs)
+    assert cpu.sparse.end_fraction == reference.sparse.end_fraction == 0.7
+    # mask updates per epoch as the reference's (every 80 of 390 iterations: 4.9 an epoch)
+    assert steps_per_epoch / cpu.sparse.update_every == 5 and 390 / reference.sparse.update_every == pytest.approx(4.9, abs=0.03)
+    for group, field in (("train", "base_lr"), ("train", "lr_ini"), ("train", "lr_end"), ("train", "batch_size"),
+                         ("train", "weight_decay"), ("sparse", "sparsity"), ("sparse", "drop_fraction"),
+                         ("moon", "alpha_init_factor"), ("moon", "alpha_final")):
+        assert cpu[group][field] == reference[group][field]

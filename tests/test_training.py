@@ -91,6 +91,15 @@ def test_run_writes_results_and_averages_on_the_final_mask(tmp_path, capsys):
     assert saved["classification"]["acc"] == results["classification"]["acc"]
     assert set(saved["ood"]["moon_msp"]) == {"digits_photos", "gaussian_noise", "uniform_noise", "mean"}
     assert results["classification"]["acc"] > 0.8
+    # the last iterate beside the average (primary score only), the training fit, p(unknown)
+    last = saved["last_iterate"]
+    assert last["model"] == "last iterate (step 80)" and last["score"] == "moon_msp"
+    assert set(last["ood"]) == set(saved["ood"]["moon_msp"]) and 0.5 < last["classification"]["acc"] <= 1.0
+    assert last["ood"]["mean"]["auroc"] != saved["ood"]["moon_msp"]["mean"]["auroc"]
+    assert saved["train_subset_classification"]["num_examples"] == 320
+    assert saved["train_subset_classification"]["acc"] > 0.8
+    assert 0.0 < saved["unknown_probability"]["id"] < 1.0 and set(saved["unknown_probability"]["ood"]) == {
+        "digits_photos", "gaussian_noise", "uniform_noise"}
     # measured density of the averaged model equals the masks' density (exact zeros elsewhere)
     assert results["density"]["masked_layers_nonzero_fraction"] <= 0.2
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -15,7 +15,7 @@ Sources (all return :class:`ImageDataset`, uint8 NHWC images + int32 labels):
 
 This package does not import ``tensorflow_datasets`` at import time.
 """
-from moon_jax.data.augment import (AUGMENTATIONS, NORMALIZATION, augment_batch, normalization_for, normalize,
+from moon_jax.data.augment import (AUGMENTATIONS, NORMALIZATION, augment_batch, mixup_batch, normalization_for, normalize,
                                    random_crop_flip)
 from moon_jax.data.batching import (epoch_batch_indices, epoch_permutation, eval_batches,
                                     steps_per_epoch)
@@ -33,6 +33,7 @@ from moon_jax.data.tfds_source import TFDS_SPECS, TfdsArraySource, TfdsSpec, loa
 __all__ = [
     "AUGMENTATIONS",
     "augment_batch",
+    "mixup_batch",
     "random_resized_crop",
     "DIGITS_LEVELS",
     "DatasetFormatError",

@@ -93,3 +93,18 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) ->
     std = jnp.asarray(std, dtype=jnp.float32)
     x = jnp.asarray(images).astype(jnp.float32) / 255.0
     return (x - mean) / std
+
+
+def mixup_batch(rng: jax.Array, images: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization", ICLR, eq. 1).
+
+    One coefficient ``lam ~ Beta(alpha, alpha)`` per batch and a random permutation ``perm`` of
+    the batch, as the reference's Mixup trainer (``prepare_mixup``): returns
+    ``(lam * x + (1 - lam) * x[perm], perm, lam)``. The labels are mixed by the loss,
+    ``lam * L(y) + (1 - lam) * L(y[perm])``. ``images`` are floats (normalised: the mix of
+    normalised images is the normalised mix).
+    """
+    lam_rng, perm_rng = jax.random.split(rng)
+    lam = jax.random.beta(lam_rng, alpha, alpha).astype(images.dtype)
+    perm = jax.random.permutation(perm_rng, images.shape[0])
+    return lam * images + (1.0 - lam) * images[perm], perm, lam

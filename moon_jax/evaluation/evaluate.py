@@ -40,8 +40,9 @@ from moon_jax.training.devices import on_devices
 
 #: Version of the eval.json layout; ``eval.py --compare`` re-evaluates older files.
 #: 2: + ``ood_groups``, ``ood_group_members``, ``temperature_scaling``, ``score_settings``,
-#: model and feature scores.
-FORMAT_VERSION = 2
+#: model and feature scores. 3: + ``train_subset_classification``, ``unknown_probability`` and
+#: (runs with weight averaging) ``last_iterate``.
+FORMAT_VERSION = 3
 
 
 # --------------------------------------------------------------------------------- predicting
@@ -139,7 +140,9 @@ def results_from_scores(
     ``ood[score][set]`` (auroc, fpr95, aupr_in, aupr_out) with a ``mean`` entry,
     ``ood_groups[score]`` (``near`` / ``far`` / ``all`` plain means, OpenOOD style),
     ``ood_group_members``, ``primary_score`` (the first of ``score_names``), ``scores``,
-    ``ood_sizes``, the metric ``convention`` and ``format_version``.
+    ``ood_sizes``, the metric ``convention`` and ``format_version``; for a K+1 model scored with
+    ``known_probability``, ``unknown_probability`` (mean p(unknown) on the ID test set, ``id``,
+    and on each OOD set, ``ood[set]``).
     """
     has_unknown = test_logits.shape[1] == num_classes + 1
     set_names = list(ood_sizes)
@@ -168,6 +171,13 @@ def results_from_scores(
             per_set["mean"] = groups["all"]
             results["ood_groups"][name] = groups
         results["ood"][name] = per_set
+    if "known_probability" in score_arrays:
+        # mean p(unknown) = 1 - mean(1 - p_unknown): does the K+1 output fire on OOD data at all?
+        known = score_arrays["known_probability"]
+        results["unknown_probability"] = {
+            "id": float(1.0 - np.mean(known["id"])),
+            "ood": {s: float(1.0 - np.mean(known["ood"][s])) for s in set_names},
+        }
     return results
 
 
@@ -307,7 +317,9 @@ def evaluate_full(
 
     Returns:
       ``(results, arrays)``: the JSON-ready dict of :func:`results_from_scores` plus
-      ``score_settings`` and ``evaluated_at``, and the :class:`EvalArrays` for plots.
+      ``score_settings``, ``evaluated_at`` and ``train_subset_classification`` (accuracy of the
+      evaluated model on the fixed training subset, eval mode: does it fit its training set?),
+      and the :class:`EvalArrays` for plots.
     """
     test_logits, test_features = predict_outputs(model.outputs, test, batch_size)
     has_unknown = test_logits.shape[1] == num_classes + 1
@@ -326,9 +338,14 @@ def evaluate_full(
             "ood": {name: pp.odin_score(l, num_classes) for name, l in perturbed.items()},
         }
     feature_names = [n for n in names if pp.SCORE_KINDS[n] == "features"]
+    # The training-set fit, on the same fixed subset the feature scores use (one forward pass).
+    subset = train_feature_subset(train, train_examples)
+    train_logits, train_features = predict_outputs(model.outputs, subset, batch_size)
+    train_fit = {
+        "acc": float(np.mean(score_lib.predict(train_logits, num_classes) == np.asarray(subset.labels))),
+        "num_examples": int(len(subset.labels)),
+    }
     if feature_names:
-        subset = train_feature_subset(train, train_examples)
-        _, train_features = predict_outputs(model.outputs, subset, batch_size)
         stats = pp.fit_feature_statistics(train_features, subset.labels, num_classes)
         k = min(knn_k, stats.num_train)
         for name in feature_names:
@@ -346,6 +363,7 @@ def evaluate_full(
     results = results_from_scores(test_logits, test.labels, arrays, sizes, num_classes, names, ece_bins)
     if settings is not None:
         results["score_settings"] = settings
+    results["train_subset_classification"] = train_fit
     results["evaluated_at"] = datetime.datetime.now().isoformat(timespec="seconds")
     return results, EvalArrays(test_logits, np.asarray(test.labels), int(num_classes), arrays)
 

@@ -10,7 +10,14 @@ import jax
 
 from moon_jax import moon, sparse
 from moon_jax.evaluation import postprocessors as pp
-from moon_jax.evaluation.evaluate import ModelFunctions, evaluate_full, evaluate_model, model_functions
+from moon_jax.evaluation.evaluate import (
+    ModelFunctions,
+    evaluate_full,
+    evaluate_logits,
+    evaluate_model,
+    model_functions,
+    predict_outputs,
+)
 from moon_jax.training import (
     RunData,
     TrainingSetup,
@@ -100,7 +107,31 @@ def evaluate_state(
     results["method"] = describe_method(config)
     results["dataset"] = config.data.dataset
     results["architecture"] = config.model.name
+    if moon.averaged_params(state.opt_state) is not None and pp.SCORE_KINDS[results["primary_score"]] == "logits":
+        results["last_iterate"] = last_iterate_results(setup, state, data, config, results["primary_score"])
     return (results, arrays) if return_arrays else results
+
+
+def last_iterate_results(setup: TrainingSetup, state: TrainState, data: RunData, config, score_name: str) -> dict:
+    """What the voting adds: ACC / ECE / NLL and ``score_name``'s OOD metrics of the last iterate
+    (its own BatchNorm statistics), for a run whose reported model is the weight average.
+
+    One logits pass over the test and OOD sets and one logit score (not every score), so it adds
+    well under the cost of the full evaluation. Keys: ``model``, ``classification`` (acc, ece,
+    nll), ``score``, ``ood`` (per set and ``mean``, as ``results['ood'][score]``).
+    """
+    outputs = state_model_functions(setup, state.params, state.batch_stats).outputs
+    batch_size = config.train.eval_batch_size
+    test_logits, _ = predict_outputs(outputs, data.test, batch_size)
+    ood_logits = {name: predict_outputs(outputs, ds, batch_size)[0] for name, ds in data.ood.items()}
+    results = evaluate_logits(test_logits, data.test.labels, ood_logits, setup.num_classes, (score_name,),
+                              config.eval.ece_bins)
+    return {
+        "model": f"last iterate (step {int(state.step)})",
+        "classification": {k: results["classification"][k] for k in ("acc", "ece", "nll")},
+        "score": score_name,
+        "ood": results["ood"][score_name],
+    }
 
 
 def periodic_classification(data: RunData, config) -> Callable[[TrainingSetup, TrainState], dict]:

@@ -3,14 +3,14 @@ averaging ("voting"), OOD scores, and CigL's optional random mask.
 
 Differences from the reference code (github StevenBoys/MOON, commit 22c1841), each on purpose:
 
-* head: always K+1 outputs (the reference's CIFAR-10 config builds 10; its ``--classes 11`` flag
-  is not wired to the network);
+* head: K+1 outputs by default (the reference's CIFAR-10 config builds 10; its ``--classes 11``
+  flag is not wired to the network); ``head = 'reference_k'`` builds the reference's K;
 * averaging: one snapshot per epoch over the last ``deduct + 1`` epoch ends (the paper's
   "epoch-wise"); the reference's trigger (first 10% of iterations of each epoch) is an option;
   BatchNorm statistics of the average are recomputed from per-batch (biased) variances, where
   PyTorch's running variance uses the unbiased batch variance;
 * CigL's 1% random mask: off by default (always on in the reference, not part of MOON as
-  published);
+  published); when on, it follows the reference's order of operations (dropconnect.py);
 * accuracy and ECE: argmax over the first K and 15 bins (lo, hi] by default; the reference's
   variant (argmax over K+1, 10 bins [lo, hi)) is reported beside them;
 * mask-update schedule (sparse engine): the cosine drop fraction decays over the mask-update
@@ -30,14 +30,17 @@ from moon_jax.moon.averaging import (
     weight_averaging,
     weights_outside_masks,
 )
-from moon_jax.moon.dropconnect import apply_keep_masks, dropconnect_keep_masks, restore_dropped
+from moon_jax.moon.dropconnect import DropConnectState, dropconnect_keep_masks, random_dropconnect, restore_dropped
 from moon_jax.moon.loss import (
+    ALPHA_TUNINGS,
+    WEIGHTINGS,
     MoonLossConfig,
     MoonState,
     alpha_closed_form,
     cross_entropy,
     init_moon_state,
+    mix_label_losses,
     moon_loss,
 )
-from moon_jax.moon.recipe import cosine_then_constant, num_outputs
+from moon_jax.moon.recipe import HEADS, cosine_then_constant, num_outputs
 from moon_jax.moon import scores

@@ -23,6 +23,23 @@ step of epoch ``e0 = warmup_epochs + 1``: ``alpha = m / alpha_init_factor`` (ref
 1.0, E total epochs). At the first step of each later epoch: ``alpha <- alpha + delta``, so
 ``alpha_e = alpha_e0 + (e - e0) * delta`` reaches ``alpha_final`` at the last epoch.
 
+Ablations (the paper's Figure 5), as :class:`MoonLossConfig` fields:
+
+* ``weighting = 'none'``: no loss modification, ``w_i = 1`` for every example (the K+1 head
+  trained with plain cross-entropy; the unknown output only ever gets pushed down);
+* ``alpha_tuning = 'fixed'``: alpha is ``fixed_alpha`` at every step of the unknown-aware phase
+  instead of the EWMA-initialised linear ramp;
+* ``alpha_tuning = 'untuned_ramp'``: the same linear ramp, started from ``1 / alpha_init_factor``
+  instead of ``EWMA / alpha_init_factor`` (the reference code's other extra-class loss variant,
+  which replaces the EWMA by 1.0).
+
+Mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization", ICLR): the batch loss of
+mixed inputs is ``lam * L(y_a) + (1 - lam) * L(y_b)`` (:func:`mix_label_losses`), the standard
+form, which for cross-entropy equals the soft-label cross-entropy of the reference's Mixup trainer
+(in the MOON reference code; that trainer has no unknown-aware loss). For MOON each of
+the two terms is the unknown-aware loss with its own labels (so "correct" is judged against each
+label), and the tuning state is mixed the same way.
+
 Everything the tuning needs is a :class:`MoonState` pytree carried through the jitted step and
 saved with checkpoints. Epochs are passed 0-based (as the training loop counts them) and
 converted to the reference's 1-based numbering inside.
@@ -36,6 +53,8 @@ import jax
 import jax.numpy as jnp
 
 UNKNOWN_PROB_CLIP = 1e-7
+WEIGHTINGS = ("unknown_aware", "none")
+ALPHA_TUNINGS = ("auto", "fixed", "untuned_ramp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +67,13 @@ class MoonLossConfig:
       ewma_mu: EWMA coefficient of the tuning statistic (reference: 0.05).
       alpha_init_factor: alpha at epoch ``warmup + 1`` is EWMA / this (reference ``w_out2``: 64).
       alpha_final: alpha at the last epoch (reference ``w_out``: 1.0).
+      weighting: ``'unknown_aware'`` (MOON) or ``'none'`` (ablation: weight 1 for every example).
+      alpha_tuning: ``'auto'`` (MOON's EWMA-initialised ramp), ``'fixed'`` or
+        ``'untuned_ramp'`` (ablations).
+      fixed_alpha: alpha over the whole unknown-aware phase with ``alpha_tuning = 'fixed'``.
+        Default 1.0, the reference README's ``w_out``: the value the tuned ramp ends at, and the
+        coefficient of the fixed-weight loss left commented out in the reference's
+        base trainer (``1 + w_out / (1 + w_out2 * p_unknown)``).
     """
 
     total_epochs: int
@@ -55,8 +81,17 @@ class MoonLossConfig:
     ewma_mu: float = 0.05
     alpha_init_factor: float = 64.0
     alpha_final: float = 1.0
+    weighting: str = "unknown_aware"
+    alpha_tuning: str = "auto"
+    fixed_alpha: float = 1.0
 
     def __post_init__(self):
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if self.alpha_tuning not in ALPHA_TUNINGS:
+            raise ValueError(f"alpha_tuning must be one of {', '.join(ALPHA_TUNINGS)}, got {self.alpha_tuning!r}")
+        if self.fixed_alpha < 0:
+            raise ValueError(f"fixed_alpha must be >= 0, got {self.fixed_alpha}")
         if self.total_epochs <= self.warmup_epochs + 1:
             raise ValueError(
                 f"MOON needs total_epochs > warmup_epochs + 1 so that alpha can ramp; got "
@@ -150,15 +185,20 @@ def moon_loss(
 
     first_set = jnp.logical_and(~in_warmup, state.alpha_epoch < 0)
     ramp = jnp.logical_and(~in_warmup, jnp.logical_and(state.alpha_epoch >= 0, epoch_1 > state.alpha_epoch))
-    alpha_first = ewma / config.alpha_init_factor
+    alpha_first = (1.0 if config.alpha_tuning == "untuned_ramp" else ewma) / config.alpha_init_factor
     increment_first = (config.alpha_final - alpha_first) / (config.total_epochs - epoch_1).astype(jnp.float32)
     alpha = jnp.where(first_set, alpha_first, jnp.where(ramp, state.alpha + state.alpha_increment, state.alpha))
     increment = jnp.where(first_set, increment_first, state.alpha_increment)
     alpha_epoch = jnp.where(jnp.logical_or(first_set, ramp), epoch_1, state.alpha_epoch)
+    if config.alpha_tuning == "fixed":
+        alpha = jnp.where(in_warmup, 0.0, jnp.float32(config.fixed_alpha))
     alpha = jax.lax.stop_gradient(alpha)
 
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    sample_weight = correct + (1.0 - correct) * (1.0 + alpha / (1.0 + alpha * q))
+    if config.weighting == "none":
+        sample_weight = jnp.ones_like(h)
+    else:
+        sample_weight = correct + (1.0 - correct) * (1.0 + alpha / (1.0 + alpha * q))
     loss = jnp.where(in_warmup, batch_mean(h), batch_mean(h * sample_weight))
 
     new_state = MoonState(
@@ -176,6 +216,25 @@ def moon_loss(
         "weight_mean": jnp.where(in_warmup, 1.0, batch_mean(sample_weight)),
     }
     return loss, (new_state, aux)
+
+
+def mix_label_losses(loss_fn, labels: jax.Array, partner_labels: jax.Array, lam):
+    """Mixup's loss ``lam * L(labels) + (1 - lam) * L(partner_labels)`` for a loss with state.
+
+    ``loss_fn(labels) -> (loss, (state, aux))`` (e.g. :func:`moon_loss` with everything but the
+    labels bound). Floating-point leaves of the two states and of ``aux`` are mixed with the same
+    weights (MOON's EWMA and first alpha are linear in the batch statistic, so the mixed state is
+    the state of the mixed statistic); integer leaves (epoch counters) agree and are taken from
+    the first.
+    """
+    loss_a, (state_a, aux_a) = loss_fn(labels)
+    loss_b, (state_b, aux_b) = loss_fn(partner_labels)
+
+    def mix(a, b):
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        return lam * a + (1.0 - lam) * b if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return mix(loss_a, loss_b), (jax.tree.map(mix, state_a, state_b), jax.tree.map(mix, aux_a, aux_b))
 
 
 def alpha_closed_form(alpha_first: float, epoch_1: int, config: MoonLossConfig) -> float:

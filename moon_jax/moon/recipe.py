@@ -11,9 +11,18 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def num_outputs(num_classes: int, use_moon: bool) -> int:
-    """K+1 outputs for MOON (the last is "unknown"), K otherwise."""
-    return num_classes + 1 if use_moon else num_classes
+#: MOON's output heads: ``k_plus_1`` (K+1 outputs, the last is "unknown"), ``reference_k`` (the
+#: reference's CIFAR-10 network: K outputs, so the loss treats the last real class's output as
+#: "unknown"; its ``--classes 11`` flag never reaches the network), ``none`` (K outputs and plain
+#: cross-entropy: the voting and CigL's random mask without MOON's head and loss).
+HEADS = ("k_plus_1", "reference_k", "none")
+
+
+def num_outputs(num_classes: int, use_moon: bool, head: str = "k_plus_1") -> int:
+    """K+1 outputs for MOON's ``k_plus_1`` head (the last is "unknown"), K otherwise."""
+    if head not in HEADS:
+        raise ValueError(f"unknown MOON head {head!r}; allowed: {', '.join(HEADS)}")
+    return num_classes + 1 if use_moon and head == "k_plus_1" else num_classes
 
 
 def cosine_then_constant(base_lr: float, lr_ini: float, lr_end: float, steps_per_epoch: int, total_epochs: int, constant_epochs: int):

@@ -13,6 +13,8 @@ import ml_collections
 from moon_jax.data.augment import AUGMENTATIONS
 from moon_jax.models import MODEL_NAMES
 from moon_jax.moon.averaging import TRIGGERS
+from moon_jax.moon.loss import ALPHA_TUNINGS, WEIGHTINGS
+from moon_jax.moon.recipe import HEADS
 from moon_jax.sparse.distribution import DISTRIBUTIONS
 from moon_jax.sparse.updaters import METHODS
 
@@ -26,11 +28,32 @@ class ConfigError(ValueError):
 
 
 def describe_method(config) -> str:
-    """``MOON + rigl 90% erk``-style description of a run's method, for logs and tables."""
+    """``MOON + rigl 90% erk``-style description of a run's method, for logs and tables, with its
+    ablation and baseline switches in parentheses (e.g. ``rigl 90% erk (weight averaging, random
+    mask 0.01)``)."""
     name = config.sparse.method
     if config.sparse.method != "dense":
         name += f" {100 * config.sparse.sparsity:g}% {config.sparse.distribution}"
-    return ("MOON + " if config.moon.enabled else "") + name
+    m, extras, prefix = config.moon, [], ""
+    if m.enabled:
+        prefix = "" if m.head == "none" else "MOON + "
+        if m.head == "reference_k":
+            extras.append("reference K-output head")
+        if m.head != "none" and m.loss_weighting == "none":
+            extras.append("no loss modification")
+        if m.head != "none" and m.alpha_tuning == "fixed":
+            extras.append(f"fixed alpha {m.fixed_alpha:g}")
+        if m.head != "none" and m.alpha_tuning == "untuned_ramp":
+            extras.append("untuned alpha ramp")
+        if not m.averaging_epochs and m.head != "none":
+            extras.append("no voting")
+        elif m.averaging_epochs and m.head == "none":
+            extras.append("weight averaging")
+        if m.dropconnect_rate:
+            extras.append(f"random mask {m.dropconnect_rate:g}")
+    if config.data.mixup_alpha:
+        extras.append(f"Mixup {config.data.mixup_alpha:g}")
+    return prefix + name + (f" ({', '.join(extras)})" if extras else "")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -56,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # packed .npz dir; "" = MOON_JAX_DATA_DIR or ../shared/data
     c.data.tfds_data_dir = ""  # TFDS data dir; "" = TFDS_DATA_DIR or ~/tensorflow_datasets
     c.data.augment = "crop_flip"  # on device: crop_flip (4-pixel pad + crop + flip) | flip | none
+    c.data.mixup_alpha = 0.0  # Mixup's Beta(alpha, alpha) coefficient per batch; 0 = off (reference Mixup: 0.2)
     c.data.stream_train = False  # read training batches from TFDS on host threads (ImageNet)
     c.data.random_resized_crop = False  # host-side Inception crops when streaming
     c.data.ood_datasets = ("tin_resize", "mnist", "textures_subset", "gaussian_noise", "uniform_noise")
@@ -95,14 +119,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.sparse.dense_last_layer = False
 
     c.moon = ml_collections.ConfigDict()
-    c.moon.enabled = True  # K+1 head + unknown-aware loss
+    c.moon.enabled = True  # K+1 head + unknown-aware loss + voting; False = none of the moon.* switches
+    c.moon.head = "k_plus_1"  # k_plus_1 | reference_k (K outputs, last class = "unknown") | none (K, cross-entropy)
+    c.moon.loss_weighting = "unknown_aware"  # unknown_aware | none (ablation: plain cross-entropy on the head)
+    c.moon.alpha_tuning = "auto"  # auto (EWMA/64 ramped to alpha_final) | fixed (fixed_alpha) | untuned_ramp (1/64 ramped)
+    c.moon.fixed_alpha = 1.0  # alpha of the unknown-aware phase with alpha_tuning = fixed (reference w_out)
     c.moon.warmup_epochs = 5
     c.moon.ewma_mu = 0.05
     c.moon.alpha_init_factor = 64.0  # reference w_out2
     c.moon.alpha_final = 1.0  # reference w_out
-    c.moon.averaging_epochs = 20  # weight averaging over the last epochs; 0 = off
+    c.moon.averaging_epochs = 20  # weight averaging ("voting") over the last epochs; 0 = off (ablation)
     c.moon.averaging_trigger = "epoch"  # epoch | reference
-    c.moon.dropconnect_rate = 0.0  # CigL random mask; the reference uses 0.01
+    c.moon.dropconnect_rate = 0.0  # CigL random mask (reference order; needs masks); the reference uses 0.01
 
     c.eval = ml_collections.ConfigDict()
     c.eval.ece_bins = 15
@@ -267,6 +295,17 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     _check_positive_int(config, "moon.averaging_epochs", allow_zero=True)
     _check_choice(config, "moon.averaging_trigger", TRIGGERS)
     _check_number(config, "moon.dropconnect_rate", 0.0, 1.0, high_open=True)
+    _check_choice(config, "moon.head", HEADS)
+    _check_choice(config, "moon.loss_weighting", WEIGHTINGS)
+    _check_choice(config, "moon.alpha_tuning", ALPHA_TUNINGS)
+    _check_number(config, "moon.fixed_alpha", 0.0, float("inf"))
+    _check_number(config, "data.mixup_alpha", 0.0, float("inf"))
+    if config.moon.enabled and config.moon.head == "none" and config.moon.loss_weighting != "none":
+        raise _fail("moon.loss_weighting", config.moon.loss_weighting,
+                    "moon.head = 'none' has no unknown output to weight with; use 'none' (plain cross-entropy)")
+    if config.moon.enabled and config.moon.dropconnect_rate > 0 and config.sparse.method == "dense":
+        raise _fail("moon.dropconnect_rate", config.moon.dropconnect_rate,
+                    "CigL's random mask acts on masked weights; use a sparse method (static, set, rigl) or 0")
     if config.moon.enabled and config.train.epochs <= config.moon.warmup_epochs + 1:
         raise _fail(
             "moon.warmup_epochs", config.moon.warmup_epochs,

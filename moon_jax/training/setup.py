@@ -95,7 +95,7 @@ class TrainingSetup:
       learning_rate_fn: learning rate as a function of the global iteration.
       updater: the sparse engine (dense / static / SET / RigL).
       moon_loss: the MOON loss hyper-parameters, or ``None`` for plain cross-entropy.
-      dropconnect_rate: CigL's random-mask rate (0: off).
+      mixup_alpha: Mixup's Beta parameter (0: off); each batch shard is mixed within itself.
       preprocess: augmentation and normalisation.
       schedule: epochs, steps per epoch, weight-snapshot steps.
       split: how a batch is split over shards and devices.
@@ -107,7 +107,7 @@ class TrainingSetup:
     learning_rate_fn: Callable[[Any], Any]
     updater: sparse.SparseUpdater
     moon_loss: Optional[moon.MoonLossConfig]
-    dropconnect_rate: float
+    mixup_alpha: float
     preprocess: Preprocessing
     schedule: EpochSchedule
     split: BatchSplit
@@ -130,7 +130,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
     """``config.model``: the network, with K+1 outputs under MOON (K otherwise)."""
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     kwargs = {"width": config.model.width} if config.model.width else {}
-    outputs = moon.num_outputs(num_classes, bool(config.moon.enabled))
+    outputs = moon.num_outputs(num_classes, bool(config.moon.enabled), config.moon.head)
     return build_registered_model(config.model.name, outputs, dtype=dtype, **kwargs)
 
 
@@ -161,13 +161,16 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, schedule: EpochSc
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: Callable, averaging: bool
 ) -> optax.GradientTransformationExtraArgs:
-    """``config.train`` optimizer wrapped so masked weights stay zero, then weight averaging."""
+    """``config.train`` optimizer wrapped so masked weights stay zero (inside CigL's random mask
+    when ``config.moon.dropconnect_rate`` is set), then weight averaging."""
     t = config.train
     if t.optimizer == "sgd":
         inner = sparse.sgd_nesterov(learning_rate_fn, t.momentum, t.weight_decay, t.nesterov)
     else:
         inner = sparse.adamw(learning_rate_fn, weight_decay=t.weight_decay)
     parts = [sparse.masked_updates(inner)]
+    if config.moon.enabled and config.moon.dropconnect_rate > 0:
+        parts = [moon.random_dropconnect(parts[0], float(config.moon.dropconnect_rate), seed=config.seed)]
     if averaging:
         parts.append(moon.weight_averaging())
     return optax.chain(*parts)
@@ -194,9 +197,10 @@ def create_sparse_updater(
 
 
 def create_moon_loss(config: ml_collections.ConfigDict) -> Optional[moon.MoonLossConfig]:
-    """``config.moon``: the unknown-aware loss's hyper-parameters, or ``None`` without MOON."""
+    """``config.moon``: the unknown-aware loss's hyper-parameters, or ``None`` without MOON (or
+    with ``head = 'none'``: K outputs and cross-entropy, as CigL)."""
     m = config.moon
-    if not m.enabled:
+    if not m.enabled or m.head == "none":
         return None
     return moon.MoonLossConfig(
         total_epochs=config.train.epochs,
@@ -204,6 +208,9 @@ def create_moon_loss(config: ml_collections.ConfigDict) -> Optional[moon.MoonLos
         ewma_mu=m.ewma_mu,
         alpha_init_factor=m.alpha_init_factor,
         alpha_final=m.alpha_final,
+        weighting=m.loss_weighting,
+        alpha_tuning=m.alpha_tuning,
+        fixed_alpha=m.fixed_alpha,
     )
 
 
@@ -236,7 +243,7 @@ def create_training_setup(
         learning_rate_fn=learning_rate_fn,
         updater=create_sparse_updater(config, model, image_shape, schedule.total_steps),
         moon_loss=create_moon_loss(config),
-        dropconnect_rate=float(config.moon.dropconnect_rate) if config.moon.enabled else 0.0,
+        mixup_alpha=float(config.data.mixup_alpha),
         preprocess=Preprocessing(config.data.augment, tuple(mean), tuple(std)),
         schedule=schedule,
         split=create_batch_split(config, mesh),

@@ -22,6 +22,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from moon_jax import moon, sparse
+from moon_jax.data.augment import mixup_batch
 from moon_jax.models import BN_MOMENTUM
 from moon_jax.training.devices import DATA_AXIS
 from moon_jax.training.setup import TrainingSetup
@@ -36,17 +37,24 @@ def loss_and_grads(setup: TrainingSetup, state: TrainState, forward_params, imag
     aug_rng, dropout_rng = jax.random.split(rng)
     x = setup.preprocess(images, aug_rng)
     epoch = state.step // setup.schedule.steps_per_epoch
+    if setup.mixup_alpha > 0:
+        x, perm, lam = mixup_batch(jax.random.fold_in(rng, 1), x, setup.mixup_alpha)
+
+    def labels_loss(logits, y):
+        if setup.moon_loss is not None:
+            return moon.moon_loss(logits, y, state.moon, epoch, setup.moon_loss)
+        ce = jnp.mean(moon.cross_entropy(logits, y))
+        return ce, (state.moon, {"ce": ce})
 
     def loss_fn(params):
         logits, updates = setup.model.apply(
             setup.variables(params, state.batch_stats), x, train=True, mutable=["batch_stats"],
             rngs={"dropout": dropout_rng},
         )
-        if setup.moon_loss is not None:
-            loss, (moon_state, aux) = moon.moon_loss(logits, labels, state.moon, epoch, setup.moon_loss)
+        if setup.mixup_alpha > 0:  # Zhang et al. 2018: lam * L(y_a) + (1 - lam) * L(y_b)
+            loss, (moon_state, aux) = moon.mix_label_losses(lambda y: labels_loss(logits, y), labels, labels[perm], lam)
         else:
-            loss = jnp.mean(moon.cross_entropy(logits, labels))
-            moon_state, aux = state.moon, {"ce": loss}
+            loss, (moon_state, aux) = labels_loss(logits, labels)
         known = logits[:, : setup.num_classes]
         aux = dict(aux, accuracy=jnp.mean(jnp.argmax(known, axis=-1) == labels))
         return loss, (updates.get("batch_stats", {}), moon_state, aux)
@@ -140,22 +148,13 @@ def train_step(
     """One masked optimizer iteration on a uint8 batch; ``take_snapshot`` (static) folds the new
     parameters into the weight average."""
     rng = jax.random.fold_in(state.rng, state.step)
-    step_rng, drop_rng = jax.random.split(rng)
-    if setup.dropconnect_rate > 0:
-        keep = moon.dropconnect_keep_masks(drop_rng, state.params, setup.dropconnect_rate, setup.updater.rule)
-        forward_params = moon.apply_keep_masks(state.params, keep)
-    else:
-        forward_params = state.params
+    step_rng, _ = jax.random.split(rng)  # the second key was CigL's; kept so results do not change
     loss, grads, batch_stats, moon_state, aux = data_parallel_loss_and_grads(
-        setup, state, forward_params, images, labels, step_rng
+        setup, state, state.params, images, labels, step_rng
     )
     extra = {"take_snapshot": True} if take_snapshot else {}
-    updates, opt_state = setup.tx.update(
-        grads, state.opt_state, forward_params, masks=state.masks, step=state.step, **extra
-    )
-    params = optax.apply_updates(forward_params, updates)
-    if setup.dropconnect_rate > 0:
-        params = moon.restore_dropped(params, state.params, keep)
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params, masks=state.masks, step=state.step, **extra)
+    params = optax.apply_updates(state.params, updates)
     new = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state, moon=moon_state)
     return _finish(setup, state, new, loss, aux)
 

@@ -4,7 +4,7 @@ library's dense, RigL 90% and MOON + RigL 90% steps, and the real training loop.
     python benchmarks/train_throughput.py                            # GPU: batch 128, fp32
     python benchmarks/train_throughput.py --batch 512 --dtype bfloat16
     python benchmarks/train_throughput.py --width 8 --batch 32 --steps 8 --update-every 8 --repeats 3 \\
-        --loop-train-examples 512 --loop-epochs 5                    # a CPU smoke run
+        --loop-train-examples 512 --loop-epochs 8                    # a CPU smoke run
 
 Everything runs in one process, so the ratios compare like with like.
 
@@ -22,8 +22,9 @@ device), logging, asynchronous checkpoints every epoch, weight snapshots, the Ba
 the end -- for dense and for MOON + RigL, ``--loop-epochs`` epochs over ``--loop-train-examples``
 training images, in fresh workdirs, without the persistent compilation cache. Two figures per run:
 steady-state images/s from the median epoch time over epochs 2 to E - 1 (each epoch timed by a
-per-epoch callback that waits for the device; the median leaves out the one epoch that compiles
-the weight-snapshot step), and the wall time of the whole call, compilation included (what the
+per-epoch callback that waits for the device; the median leaves out the few epochs that compile
+something: the weight-snapshot step, and on small runs the metric summary of the first logging
+interval, so give it at least 6 epochs, 8 on a CPU smoke run), and the wall time of the whole call, compilation included (what the
 user waits for). The ratio is MOON + RigL / dense of the same loop.
 """
 from __future__ import annotations

@@ -91,9 +91,8 @@ def data_parallel_loss_and_grads(setup: TrainingSetup, state: TrainState, forwar
     local_shards = split.num_shards // devices
 
     def local(state, forward_params, images, labels, rng):
-        if local_shards == 1 and mesh is None:
-            out = loss_and_grads(setup, state, forward_params, images, labels, jax.random.fold_in(rng, 0))
-            return out
+        if local_shards == 1 and mesh is None:  # one shard: nothing to stack or average
+            return loss_and_grads(setup, state, forward_params, images, labels, jax.random.fold_in(rng, 0))
         first = jax.lax.axis_index(DATA_AXIS) * local_shards if mesh is not None else 0
         xs = images.reshape((local_shards, -1) + images.shape[1:])
         ys = labels.reshape((local_shards, -1))

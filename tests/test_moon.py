@@ -270,3 +270,32 @@ def test_averaging_and_snapshot_schedule_run_inside_scan():
     avg = state[1]
     assert int(avg.count) == 2
     np.testing.assert_allclose(avg.average["w"], (trajectory[29] + trajectory[39]) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 1.0])
+def test_unknown_logit_rises_only_for_examples_above_the_cross_entropy_threshold(alpha):
+    # the module docstring's claim: a misclassified example raises the unknown logit (negative
+    # gradient) only when its cross-entropy h exceeds (1 + alpha) / alpha^2; correct ones never do
+    cfg = moon.MoonLossConfig(total_epochs=20, warmup_epochs=2, alpha_tuning="fixed", fixed_alpha=alpha)
+    state = moon.init_moon_state()
+    threshold = (1 + alpha) / alpha**2
+
+    def logits_with_cross_entropy(h, predicted_logit):
+        # classes: 0 (the label), 1 (logit `predicted_logit`), 2 (far below), unknown (q about 6e-6)
+        rest = math.exp(predicted_logit) + math.exp(-30.0) + math.exp(-12.0)
+        p_label = math.exp(-h)
+        return jnp.array([[math.log(p_label * rest / (1 - p_label)), predicted_logit, -30.0, -12.0]])
+
+    def unknown_logit_gradient(logits):
+        grad = jax.grad(lambda z: moon.moon_loss(z, jnp.array([0]), state, 5, cfg)[0])(logits)
+        return float(grad[0, -1])
+
+    below = logits_with_cross_entropy(0.8 * threshold, 0.0)
+    above = logits_with_cross_entropy(1.25 * threshold, 0.0)
+    for logits, h in ((below, 0.8 * threshold), (above, 1.25 * threshold)):
+        assert int(jnp.argmax(logits[0])) == 1  # misclassified: class 1 wins
+        assert float(moon.cross_entropy(logits, jnp.array([0]))[0]) == pytest.approx(h, rel=1e-4)
+    assert unknown_logit_gradient(below) > 0  # descent lowers the unknown logit
+    assert unknown_logit_gradient(above) < 0  # descent raises it
+    correct = jnp.array([[3.0, 0.0, -30.0, -12.0]])
+    assert unknown_logit_gradient(correct) > 0

@@ -23,6 +23,17 @@ step of epoch ``e0 = warmup_epochs + 1``: ``alpha = m / alpha_init_factor`` (ref
 1.0, E total epochs). At the first step of each later epoch: ``alpha <- alpha + delta``, so
 ``alpha_e = alpha_e0 + (e - e0) * delta`` reaches ``alpha_final`` at the last epoch.
 
+When the unknown output rises: for a misclassified example the gradient of ``h_i * w_i`` with
+respect to the unknown logit is ``q [1 + alpha / (1 + alpha q) - h alpha^2 (1 - q) / (1 + alpha q)^2]``
+(``h``'s softmax denominator pushes the unknown logit down; the weight, which falls as ``q``
+grows, pushes it up). For small ``q`` gradient descent raises the unknown logit only when
+``h > (1 + alpha) / alpha^2``: ``h > 2`` (``p_y < 0.14``) at ``alpha = 1``, ``h > 6`` at 0.5, ``h > 110``
+at 0.1. Correct examples (``w = 1``) always push it down. With the reference's ramp (alpha about
+EWMA / 64, i.e. 0.01-0.03, after warm-up, reaching 1.0 only at the last epoch) the unknown output
+therefore learns only from training examples that are still badly misclassified late in training;
+on a network that fits its training set by then it stays near zero on every input, and MOON's
+loss acts as an up-weighting of misclassified examples by about ``1 + alpha``.
+
 Ablations (the paper's Figure 5), as :class:`MoonLossConfig` fields:
 
 * ``weighting = 'none'``: no loss modification, ``w_i = 1`` for every example (the K+1 head

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shlex
 import statistics
@@ -382,6 +383,14 @@ def _pm(stat: tuple[float, float, int], scale: float = 100.0, digits: int = 2) -
     return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if n > 1 else "")
 
 
+def _pm_significant(stat: tuple[float, float, int], scale: float = 100.0, digits: int = 2) -> str:
+    """Like :func:`_pm` with ``digits`` significant digits of the mean (the std to the same
+    decimal place), for quantities that span orders of magnitude (p(unknown): 40% or 0.0015%)."""
+    mean, std, n = stat
+    decimals = 0 if mean == 0 else max(0, digits - 1 - math.floor(math.log10(abs(scale * mean))))
+    return f"{scale * mean:.{decimals}f}" + (f" ± {scale * std:.{decimals}f}" if n > 1 else "")
+
+
 def _noise_note(diff: tuple[float, float, int]) -> str:
     """``", within seed noise"`` when a paired difference over several seeds is smaller than two
     standard errors (std / sqrt(n)), so its sign is not evidence either way."""
@@ -484,7 +493,7 @@ def moon_table(stats: Mapping[str, Mapping[str, tuple[float, float, int]]], meth
         if "p_unknown/id" not in s and "last_acc" not in s:
             continue
         rows += 1
-        cells = [_cell(s, "p_unknown/id")] + [_cell(s, f"p_unknown/{n}") for n in sets]
+        cells = [_pm_significant(s[k]) if k in s else "n/a" for k in ["p_unknown/id"] + [f"p_unknown/{n}" for n in sets]]
         average = "last_acc" in s
         cells += [_cell(s, "acc") if average else "n/a", _cell(s, "last_acc"),
                   _cell(s, "auroc/mean") if average else "n/a", _cell(s, "last_auroc/mean")]
@@ -566,7 +575,7 @@ def reproduction_report(
     if moon_part:
         lines += [
             "", "## The unknown output and the voting", "", moon_part, "",
-            "p(unknown): mean softmax probability of the K+1-th output, percent (runs with a K+1 head). Last iterate: the "
+            "p(unknown): mean softmax probability of the K+1-th output, percent, 2 significant digits (runs with a K+1 head). Last iterate: the "
             "final weights with their own BatchNorm statistics, primary score only (what the voting adds).",
         ]
     if "moon_rigl_reference_head" in stats:

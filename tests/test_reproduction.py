@@ -167,9 +167,9 @@ def test_report_separates_noise_sets_and_shows_energy_train_accuracy_p_unknown_l
     results = {
         ("rigl", 0): full_fake_results(0.80, 0.99, (0.70, 0.80), 0.95, (0.72, 0.82)),
         ("rigl", 1): full_fake_results(0.82, 1.00, (0.72, 0.82), 0.97, (0.74, 0.84)),
-        ("moon_rigl", 0): full_fake_results(0.81, 0.98, (0.74, 0.86), 0.60, (0.70, 0.80), (0.02, 0.10, 0.20, 0.30),
+        ("moon_rigl", 0): full_fake_results(0.81, 0.98, (0.74, 0.86), 0.60, (0.70, 0.80), (0.02, 0.10, 0.20, 1.2e-5),
                                             last=(0.79, 0.70, 0.80)),
-        ("moon_rigl", 1): full_fake_results(0.81, 1.00, (0.76, 0.84), 0.60, (0.70, 0.80), (0.04, 0.12, 0.22, 0.50),
+        ("moon_rigl", 1): full_fake_results(0.81, 1.00, (0.76, 0.84), 0.60, (0.70, 0.80), (0.04, 0.12, 0.22, 1.8e-5),
                                             last=(0.77, 0.72, 0.82)),
     }
     report = rp.reproduction_report("T", outcomes, results, ["rigl", "moon_rigl"], 0.9, "dev", "cmd",
@@ -181,8 +181,9 @@ def test_report_separates_noise_sets_and_shows_energy_train_accuracy_p_unknown_l
     assert ("| MOON + RigL 90% | 2 | 99.00 ± 1.41 | 81.00 ± 0.00 | 5.00 ± 0.00 | 0.5000 ± 0.0000 | `moon_msp` | "
             "80.00 ± 0.00 | 20.00 ± 0.00 | 60.00 ± 0.00 | 75.00 ± 0.00 | 25.00 ± 0.00 | 12.5 ± 0.7 |") in report
     assert "| method | tin_resize AUROC / FPR95 | mnist AUROC / FPR95 | gaussian_noise AUROC / FPR95 |" in report
-    # p(unknown) ID / per set, then ACC and mean AUROC of the average beside the last iterate's
-    assert ("| MOON + RigL 90% | 3.00 ± 1.41 | 11.00 ± 1.41 | 21.00 ± 1.41 | 40.00 ± 14.14 | 81.00 ± 0.00 | "
+    # p(unknown) ID / per set (2 significant digits: a tiny one is not shown as 0.00), then ACC and
+    # mean AUROC of the average beside the last iterate's
+    assert ("| MOON + RigL 90% | 3.0 ± 1.4 | 11 ± 1 | 21 ± 1 | 0.0015 ± 0.0004 | 81.00 ± 0.00 | "
             "78.00 ± 1.41 | 80.00 ± 0.00 | 76.00 ± 1.41 |") in report
     assert "- MOON + RigL 90% - RigL 90%: mean AUROC 4.00 ± 1.41 points (higher" in report
     assert "| moon_rigl | 1 | 0 | 3.0 | 780.0 |" in report

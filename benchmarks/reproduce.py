@@ -29,7 +29,7 @@ with @ and seeds joined by + runs over those seeds instead of --seeds, e.g. abla
 
 Each run is `python train.py --config=... --workdir=<root>/<method>_s<seed> ...` with its output in
 <workdir>/train.log; --parallel=N runs N at once (on one GPU each gets 0.9/N of its memory).
-Running the same command again resumes unfinished runs and rebuilds the report.
+Running the same command again skips finished runs, resumes unfinished ones and rebuilds the report.
 --eval-only rebuilds the report from the workdirs without training.
 """
 from __future__ import annotations
@@ -54,6 +54,7 @@ from moon_jax.reproduction import (  # noqa: E402
     plan_runs,
     reproduction_report,
     run_all,
+    run_is_complete,
 )
 
 JPEG_NOTE = (
@@ -154,7 +155,11 @@ def main(argv=None) -> int:
     if args.eval_only:
         outcomes = [RunOutcome(s, 0, 0.0) for s in specs]
     else:
-        outcomes = run_all(specs, args.parallel)
+        done = [s for s in specs if run_is_complete(s)]
+        for spec in done:
+            print(f"already done: {spec.method} seed {spec.seed} ({spec.workdir})")
+        ran = iter(run_all([s for s in specs if s not in done], args.parallel))
+        outcomes = [RunOutcome(s, 0, 0.0) if s in done else next(ran) for s in specs]
 
     import jax
 

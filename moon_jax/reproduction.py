@@ -220,6 +220,21 @@ def check_specs(specs: Sequence[RunSpec]) -> None:
             raise ConfigError(f"run {spec.method} seed {spec.seed}: {err}") from err
 
 
+def run_is_complete(spec: RunSpec) -> bool:
+    """True when ``spec``'s workdir holds a finished run of exactly this config: an ``eval.json``,
+    a last recorded train.py invocation that exited 0, and a saved ``config.json`` equal to the
+    config ``spec``'s command gives. Re-running the driver skips such runs: starting train.py on
+    them would only evaluate them again and add that time to the run's wall time."""
+    workdir = Path(spec.workdir)
+    wall_time, saved_config = workdir / WALL_TIME_FILE, workdir / "config.json"
+    if not ((workdir / "eval.json").exists() and wall_time.exists() and saved_config.exists()):
+        return False
+    records = [json.loads(line) for line in wall_time.read_text().splitlines() if line.strip()]
+    if not records or records[-1]["returncode"] != 0:
+        return False
+    return json.loads(saved_config.read_text()) == json.loads(spec_config(spec).to_json_best_effort())
+
+
 def child_environment(parallel: int, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """The environment of each train.py: with ``parallel`` > 1 concurrent runs, each gets an
     equal share of 90% of the accelerator memory (JAX preallocates 75% otherwise, and the second

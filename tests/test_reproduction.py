@@ -66,6 +66,23 @@ def test_plan_runs_builds_one_command_per_method_and_seed(tmp_path):
         rp.plan_runs("c.py", ["rigl"], [0], tmp_path, ["--seed=3"])
 
 
+def test_a_run_is_complete_only_with_its_evaluation_a_clean_exit_and_the_same_config(tmp_path):
+    spec, other_seed = rp.plan_runs(DEFAULT_CONFIG, ["rigl"], [0, 1], tmp_path)
+    spec.workdir.mkdir(parents=True)
+    assert not rp.run_is_complete(spec)  # nothing there
+    (spec.workdir / "config.json").write_text(rp.spec_config(spec).to_json_best_effort(indent=2) + "\n")
+    rp.record_wall_time(rp.RunOutcome(spec, 0, 10.0))
+    assert not rp.run_is_complete(spec)  # trained, but no eval.json
+    (spec.workdir / "eval.json").write_text("{}")
+    assert rp.run_is_complete(spec)
+    rp.record_wall_time(rp.RunOutcome(spec, 143, 5.0))  # a later invocation was stopped
+    assert not rp.run_is_complete(spec)
+    rp.record_wall_time(rp.RunOutcome(spec, 0, 5.0))
+    assert rp.run_is_complete(spec)
+    # the same workdir asked to hold another config (here: another seed) is not this run
+    assert not rp.run_is_complete(other_seed._replace(workdir=spec.workdir))
+
+
 def test_concurrent_runs_share_the_accelerator_memory():
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in rp.child_environment(1, {})
     assert rp.child_environment(4, {})["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225"
@@ -255,12 +272,15 @@ def test_reproduce_script_end_to_end_on_digits(tmp_path):
     assert "## Scale and why\n\nThe embedded offline default" in report
     assert "- MOON + RigL 90% - RigL 90%: mean AUROC" in report
     assert "Measured " in report and "seeds 0." in report
-    # Re-running resumes (nothing left to train) and rebuilds the same tables.
+    # Re-running skips the finished runs (no train.py, so no second evaluation and no time added
+    # to their wall time) and rebuilds the same tables.
     again = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    def tables(text):  # skips the date line; the summary's last column (minutes / run) adds the re-run's time
-        summary, rest = text.split("## Runs")[0].split("\n", 3)[3].split("## Per OOD set")
-        return re.sub(r"\| [\d.]+( ± [\d.]+)? \|\n", "|\n", summary) + rest
+    assert "already done: rigl seed 0" in again.stdout and "already done: moon_rigl seed 0" in again.stdout
+    assert (root / "rigl_s0" / "train.log").read_text().count("$ ") == 1
+
+    def tables(text):  # skips the title and date lines
+        return text.split("## Runs")[0].split("\n", 3)[3]
 
     assert tables(output.read_text()) == tables(report)
 

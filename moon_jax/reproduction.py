@@ -226,10 +226,10 @@ def run_is_complete(spec: RunSpec) -> bool:
     config ``spec``'s command gives. Re-running the driver skips such runs: starting train.py on
     them would only evaluate them again and add that time to the run's wall time."""
     workdir = Path(spec.workdir)
-    wall_time, saved_config = workdir / WALL_TIME_FILE, workdir / "config.json"
-    if not ((workdir / "eval.json").exists() and wall_time.exists() and saved_config.exists()):
+    saved_config = workdir / "config.json"
+    if not ((workdir / "eval.json").exists() and saved_config.exists()):
         return False
-    records = [json.loads(line) for line in wall_time.read_text().splitlines() if line.strip()]
+    records = _wall_time_records(workdir)
     if not records or records[-1]["returncode"] != 0:
         return False
     return json.loads(saved_config.read_text()) == json.loads(spec_config(spec).to_json_best_effort())
@@ -300,10 +300,17 @@ def record_wall_time(outcome: RunOutcome) -> None:
 
 def total_wall_time(workdir) -> Optional[float]:
     """Seconds of every train.py invocation of a run (resumptions summed), or None if unknown."""
+    if not (Path(workdir) / WALL_TIME_FILE).exists():
+        return None
+    return sum(record["seconds"] for record in _wall_time_records(workdir))
+
+
+def _wall_time_records(workdir) -> list[dict]:
+    """The records of ``<workdir>/wall_time.jsonl``, one per train.py invocation (none if absent)."""
     path = Path(workdir) / WALL_TIME_FILE
     if not path.exists():
-        return None
-    return sum(json.loads(line)["seconds"] for line in path.read_text().splitlines() if line.strip())
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _stop_children(running: Mapping[int, tuple], log: Callable[[str], None]) -> None:
@@ -401,9 +408,9 @@ def _pm(stat: tuple[float, float, int], scale: float = 100.0, digits: int = 2) -
 def _pm_significant(stat: tuple[float, float, int], scale: float = 100.0, digits: int = 2) -> str:
     """Like :func:`_pm` with ``digits`` significant digits of the mean (the std to the same
     decimal place), for quantities that span orders of magnitude (p(unknown): 40% or 0.0015%)."""
-    mean, std, n = stat
+    mean = stat[0]
     decimals = 0 if mean == 0 else max(0, digits - 1 - math.floor(math.log10(abs(scale * mean))))
-    return f"{scale * mean:.{decimals}f}" + (f" ± {scale * std:.{decimals}f}" if n > 1 else "")
+    return _pm(stat, scale, decimals)
 
 
 def _noise_note(diff: tuple[float, float, int]) -> str:

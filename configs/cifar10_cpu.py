@@ -35,28 +35,17 @@ Tiny ImageNet (resize), MNIST, the Textures subset (the headline mean), Gaussian
     python benchmarks/reproduce.py --config=configs/cifar10_cpu.py --methods=paper --seeds=0,1,2 \\
         --root=runs/repro_cpu --output=docs/REPRODUCTION_CPU.md --no-plots
 """
-from moon_jax.training.config import base_config
+from moon_jax.training.config import scaled_reference_recipe
 
 EPOCHS = 40
 STEPS_PER_EPOCH = 40  # 5,120 images / batch 128
 
 
 def get_config():
-    config = base_config()  # the reference recipe
+    config = scaled_reference_recipe(EPOCHS, STEPS_PER_EPOCH)  # reference phases in proportion
     config.data.dataset = "cifar10"
     config.data.ood_datasets = ("tin_resize", "mnist", "textures_subset", "gaussian_noise", "uniform_noise")
-    config.data.num_train_examples = STEPS_PER_EPOCH * 128
     config.data.augment = "flip"
     config.model.width = 16
-
-    config.train.epochs = EPOCHS
-    config.train.constant_lr_epochs = EPOCHS // 5  # reference: 20 of 100
-    config.train.eval_every_epochs = 0  # evaluate once, at the end
-    config.train.checkpoint_every_epochs = 4
-    config.train.log_every_steps = STEPS_PER_EPOCH
     config.train.progress_bar = False
-
-    config.sparse.update_every = 8  # reference: 80 of 390 iterations an epoch, about 5 updates an epoch
-    config.moon.warmup_epochs = EPOCHS // 20  # reference: 5 of 100
-    config.moon.averaging_epochs = EPOCHS // 5  # reference: 20 of 100
     return config

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG_NAMES = ("default", "cifar10_resnet18", "cifar10_cpu", "cifar100_resnet18", "imagenet_resnet50")
+CONFIG_NAMES = ("default", "cifar10_resnet18", "cifar10_cpu", "cifar10_cpu_large", "cifar100_resnet18", "imagenet_resnet50")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

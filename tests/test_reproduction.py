@@ -315,22 +315,39 @@ def test_sigterm_stops_the_runs_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
     assert "| RigL 90% | 1 |" in output.read_text()
 
 
-def test_cpu_config_keeps_every_phase_of_the_reference_recipe_in_proportion():
+@pytest.mark.parametrize("name, steps_per_epoch", [("cifar10_cpu", 40), ("cifar10_cpu_large", 160)])
+def test_cpu_config_keeps_every_phase_of_the_reference_recipe_in_proportion(name, steps_per_epoch):
     from conftest import load_config
     from moon_jax.training.config import validate_config
 
-    cpu, reference = load_config("cifar10_cpu"), load_config("cifar10_resnet18")
+    cpu, reference = load_config(name), load_config("cifar10_resnet18")
     validate_config(cpu)
-    steps_per_epoch = cpu.data.num_train_examples // cpu.train.batch_size
-    assert steps_per_epoch == 40 and cpu.model.width == 16 and cpu.data.augment == "flip"
+    assert cpu.data.num_train_examples // cpu.train.batch_size == steps_per_epoch
+    assert cpu.model.width == 16 and cpu.data.augment == "flip" and cpu.train.epochs == 40
     share = lambda c, n: n / c.train.epochs  # noqa: E731
     for field in ("warmup_epochs", "averaging_epochs"):
         assert share(cpu, cpu.moon[field]) == share(reference, reference.moon[field])
     assert share(cpu, cpu.train.constant_lr_epochs) == share(reference, reference.train.constant_lr_epochs)
     assert cpu.sparse.end_fraction == reference.sparse.end_fraction == 0.7
     # mask updates per epoch as the reference's (every 80 of 390 iterations: 4.9 an epoch)
-    assert steps_per_epoch / cpu.sparse.update_every == 5 and 390 / reference.sparse.update_every == pytest.approx(4.9, abs=0.03)
+    assert 390 / reference.sparse.update_every == pytest.approx(4.9, abs=0.03)
+    assert steps_per_epoch / cpu.sparse.update_every == pytest.approx(4.9, abs=0.15)
     for group, field in (("train", "base_lr"), ("train", "lr_ini"), ("train", "lr_end"), ("train", "batch_size"),
                          ("train", "weight_decay"), ("sparse", "sparsity"), ("sparse", "drop_fraction"),
                          ("moon", "alpha_init_factor"), ("moon", "alpha_final")):
         assert cpu[group][field] == reference[group][field]
+
+
+def test_scaled_reference_recipe_at_the_reference_length_is_the_reference_recipe():
+    from moon_jax.training.config import base_config, scaled_reference_recipe
+
+    scaled, reference = scaled_reference_recipe(epochs=100, steps_per_epoch=390).to_dict(), base_config().to_dict()
+    assert scaled["data"].pop("num_train_examples") == 49_920  # 390 whole batches of the 50,000 images
+    assert reference["data"].pop("num_train_examples") == 0
+    for field, value in (("log_every_steps", 390), ("eval_every_epochs", 0), ("checkpoint_every_epochs", 10)):
+        assert scaled["train"].pop(field) == value
+        reference["train"].pop(field)
+    assert scaled == reference
+    tenth = scaled_reference_recipe(epochs=10, steps_per_epoch=39)
+    assert (tenth.moon.warmup_epochs, tenth.moon.averaging_epochs, tenth.train.constant_lr_epochs) == (0, 2, 2)
+    assert tenth.sparse.update_every == 8

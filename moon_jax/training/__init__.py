@@ -5,7 +5,7 @@ Imports only the method and leaf packages (``sparse``, ``moon``, ``models``, ``d
 and final evaluation come from the caller (``moon_jax.programs.train_and_evaluate``).
 """
 from moon_jax.training.checkpoint import CheckpointError, Checkpointer
-from moon_jax.training.config import ConfigError, base_config, describe_method, validate_config
+from moon_jax.training.config import ConfigError, base_config, describe_method, scaled_reference_recipe, validate_config
 from moon_jax.training.input_pipeline import RunData, load_run_data
 from moon_jax.training.devices import DataParallel, batched_device_function, on_devices, to_global
 from moon_jax.training.loop import (

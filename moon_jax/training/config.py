@@ -138,6 +138,37 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+REFERENCE_TRAIN_EXAMPLES = 50_000  # CIFAR-10's training set, which the reference recipe's phases are counted on
+
+
+def scaled_reference_recipe(epochs: int, steps_per_epoch: int) -> ml_collections.ConfigDict:
+    """The reference recipe (:func:`base_config`) shrunk to ``epochs`` epochs of ``steps_per_epoch``
+    iterations on a uniform subset of ``steps_per_epoch x batch`` training images, every phase
+    keeping its share of the run.
+
+    Why: a run that two CPU cores finish is far shorter than the reference's 100 epochs of 390
+    iterations, and MOON's phases only mean the same thing if each keeps its proportion: the
+    warm-up (5 of 100 epochs), the constant-learning-rate tail over which the weights are averaged
+    (20 of 100), and RigL's mask updates every 80 of 390 iterations (about 5 an epoch) over the
+    first 70% of the iterations. Epoch counts are rounded down. A short run logs once an epoch,
+    is evaluated once, at the end, and checkpointed every tenth of the run. Dataset, model and
+    OOD sets are left to the caller.
+    """
+    config = base_config()
+    reference_epochs = config.train.epochs
+    reference_steps = REFERENCE_TRAIN_EXAMPLES // config.train.batch_size
+    config.data.num_train_examples = steps_per_epoch * config.train.batch_size
+    config.train.epochs = epochs
+    config.train.constant_lr_epochs = epochs * config.train.constant_lr_epochs // reference_epochs
+    config.train.log_every_steps = steps_per_epoch
+    config.train.eval_every_epochs = 0
+    config.train.checkpoint_every_epochs = max(1, epochs // 10)
+    config.sparse.update_every = max(1, round(config.sparse.update_every * steps_per_epoch / reference_steps))
+    config.moon.warmup_epochs = epochs * config.moon.warmup_epochs // reference_epochs
+    config.moon.averaging_epochs = epochs * config.moon.averaging_epochs // reference_epochs
+    return config
+
+
 def _fail(field: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config.{field} = {value!r} is not valid: {allowed}")
 

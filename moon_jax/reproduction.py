@@ -355,8 +355,8 @@ def run_metrics(results: Mapping) -> dict[str, float]:
     for the primary score per-set AUROC / FPR95 (``auroc/<set>``, ``fpr95/<set>``), their mean
     over the non-noise sets (``auroc/mean``) and over the noise sets (``auroc/noise``); the same
     means for ``energy`` (``energy_auroc/mean``, ...); MOON's mean p(unknown) (``p_unknown/id``,
-    ``p_unknown/<set>``); the last iterate's ``last_acc`` and ``last_auroc/mean`` when the
-    reported model is the weight average.
+    ``p_unknown/<set>``); the last iterate's ``last_acc``, ``last_ece`` and ``last_auroc/mean``
+    when the reported model is the weight average.
     """
     cls = results["classification"]
     ood = results["ood"][results["primary_score"]]
@@ -377,6 +377,7 @@ def run_metrics(results: Mapping) -> dict[str, float]:
     last = results.get("last_iterate")
     if last:
         metrics["last_acc"] = last["classification"]["acc"]
+        metrics["last_ece"] = last["classification"]["ece"]
         metrics.update({k: v for k, v in _headline_means(last["ood"], "last_").items() if k.startswith("last_auroc")})
     return metrics
 
@@ -400,9 +401,21 @@ def paired_difference(
     return (*_mean_std(diffs), len(diffs)) if diffs else None
 
 
+def voting_difference(
+    per_run: Mapping[tuple[str, int], Mapping[str, float]], method: str, metric: str
+) -> Optional[tuple[float, float, int]]:
+    """Weight average - last iterate of the same runs of ``method`` for ``metric`` (``acc``,
+    ``ece`` or ``auroc/mean``): (mean, std, n seeds) or None. What the voting adds, free of the
+    seed-to-seed spread that a comparison with a separate no-voting run carries."""
+    diffs = [m[metric] - m[f"last_{metric}"] for (name, _), m in sorted(per_run.items())
+             if name == method and metric in m and f"last_{metric}" in m]
+    return (*_mean_std(diffs), len(diffs)) if diffs else None
+
+
 def _pm(stat: tuple[float, float, int], scale: float = 100.0, digits: int = 2) -> str:
     mean, std, n = stat
-    return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if n > 1 else "")
+    mean = round(scale * mean, digits) + 0.0  # + 0.0: no "-0.00"
+    return f"{mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if n > 1 else "")
 
 
 def _pm_significant(stat: tuple[float, float, int], scale: float = 100.0, digits: int = 2) -> str:
@@ -418,6 +431,23 @@ def _noise_note(diff: tuple[float, float, int]) -> str:
     standard errors (std / sqrt(n)), so its sign is not evidence either way."""
     mean, std, n = diff
     return ", within seed noise" if n > 1 and abs(mean) < 2 * std / n ** 0.5 else ""
+
+
+def _seed_spread_line(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsity: float) -> Optional[str]:
+    """A bullet giving one-seed comparisons their scale: how much the paired difference
+    ``moon_<x> - <x>`` (the one with the most seeds) moves between seeds. None without one."""
+    methods = {m for m, _ in per_run}
+    pairs = [(f"moon_{b}", b) for b in ("rigl", "set", "static") if b in methods and f"moon_{b}" in methods]
+    diffs = [(moon, base, {k: paired_difference(per_run, moon, base, k) for k in ("auroc/mean", "acc", "ece")})
+             for moon, base in pairs]
+    diffs = [d for d in diffs if None not in d[2].values() and d[2]["auroc/mean"][2] > 1]
+    if not diffs:
+        return None
+    moon, base, d = max(diffs, key=lambda item: item[2]["auroc/mean"][2])
+    std = lambda key: f"{100 * d[key][1]:.2f}"  # noqa: E731
+    return (f"- A comparison over one seed has no spread of its own. For scale: {method_label(moon, sparsity)} - "
+            f"{method_label(base, sparsity)} varies between seeds by a std of {std('auroc/mean')} points of mean AUROC, "
+            f"{std('acc')} of ACC and {std('ece')} of ECE ({d['auroc/mean'][2]} paired seeds).")
 
 
 def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsity: float) -> list[str]:
@@ -443,9 +473,9 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
                 continue
             label, base = method_label(moon, sparsity), method_label(sparse_method, sparsity)
             lines.append(
-                f"- {label} - {base}: mean AUROC {_pm(d_auroc)} points ({'higher' if d_auroc[0] > 0 else 'not higher'}{_noise_note(d_auroc)}; "
-                f"paper: several points higher), FPR95 {_pm(d_fpr)}, ACC {_pm(d_acc)} "
-                f"({'within' if abs(d_acc[0]) <= 0.005 else 'not within'} 0.5 points), ECE {_pm(d_ece)} "
+                f"- {label} - {base}: mean AUROC {_pm(d_auroc)} points ({'higher' if d_auroc[0] > 0 else 'not higher'}"
+                f"{_noise_note(d_auroc)}; paper: several points higher), FPR95 {_pm(d_fpr)}, "
+                f"ACC {_pm(d_acc)} ({'within' if abs(d_acc[0]) <= 0.005 else 'not within'} 0.5 points), ECE {_pm(d_ece)} "
                 f"({'lower' if d_ece[0] < 0 else 'not lower'}{_noise_note(d_ece)}); {d_auroc[2]} paired seed(s)."
             )
     for method, baseline, claim in COMPARISONS:
@@ -458,10 +488,22 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
             continue
         lines.append(
             f"- {method_label(method, sparsity)} - {method_label(baseline, sparsity)}: mean AUROC {_pm(d_auroc)} points "
-            f"({'higher' if d_auroc[0] > 0 else 'not higher'}{_noise_note(d_auroc)}), ACC {_pm(d_acc)}, "
-            f"ECE {_pm(d_ece)}; {d_auroc[2]} paired seed(s). Paper: {claim}."
+            f"({'higher' if d_auroc[0] > 0 else 'not higher'}{_noise_note(d_auroc)}), "
+            f"ACC {_pm(d_acc)}{_noise_note(d_acc)}, ECE {_pm(d_ece)}{_noise_note(d_ece)}; "
+            f"{d_auroc[2]} paired seed(s). Paper: {claim}."
         )
-    return lines
+    for method in sorted(methods):
+        d_auroc, d_acc, d_ece = (voting_difference(per_run, method, metric) for metric in ("auroc/mean", "acc", "ece"))
+        if None in (d_auroc, d_acc, d_ece):
+            continue
+        lines.append(
+            f"- The voting within the same runs ({method_label(method, sparsity)}: weight average - last iterate): "
+            f"mean AUROC {_pm(d_auroc)} points ({'higher' if d_auroc[0] > 0 else 'not higher'}{_noise_note(d_auroc)}), "
+            f"ACC {_pm(d_acc)}{_noise_note(d_acc)}, ECE {_pm(d_ece)}{_noise_note(d_ece)}; {d_auroc[2]} seed(s). "
+            f"Paper: the voting helps (Fig. 5)."
+        )
+    spread = _seed_spread_line(per_run, sparsity)
+    return lines + [spread] if lines and spread else lines
 
 
 def _cell(stats: Mapping[str, tuple[float, float, int]], key: str, scale: float = 100.0, digits: int = 2) -> str:

@@ -243,6 +243,33 @@ def test_ablation_comparisons_are_paired_differences_with_the_paper_claim():
             "ECE -1.00; 1 paired seed(s). Paper: the voting helps (Fig. 5).") in text
 
 
+def test_voting_is_measured_within_the_same_runs_and_one_seed_comparisons_get_the_seed_spread():
+    per_run = {}
+    for seed, (auroc, last_auroc, acc, last_acc) in enumerate([(0.80, 0.79, 0.60, 0.59), (0.70, 0.70, 0.62, 0.60),
+                                                                (0.75, 0.77, 0.61, 0.61)]):
+        per_run[("moon_rigl", seed)] = {"auroc/mean": auroc, "last_auroc/mean": last_auroc, "acc": acc,
+                                        "last_acc": last_acc, "ece": 0.20, "last_ece": 0.21}
+        per_run[("rigl", seed)] = {"auroc/mean": 0.76 + 0.01 * seed, "acc": 0.60, "ece": 0.22, "fpr95/mean": 0.9}
+        per_run[("moon_rigl", seed)]["fpr95/mean"] = 0.9
+    per_run[("moon_rigl_no_loss", 0)] = {"auroc/mean": 0.78, "acc": 0.60, "ece": 0.22}
+    diff = rp.voting_difference(per_run, "moon_rigl", "auroc/mean")  # +0.01, 0.00, -0.02
+    assert diff[0] == pytest.approx(-0.01 / 3) and diff[1] == pytest.approx(0.01527525, rel=1e-6) and diff[2] == 3
+    assert rp.voting_difference(per_run, "rigl", "acc") is None  # no last iterate recorded
+    text = "\n".join(rp.claim_checks(per_run, 0.9))
+    assert ("- The voting within the same runs (MOON + RigL 90%: weight average - last iterate): mean AUROC -0.33 ± 1.53 "
+            "points (not higher, within seed noise), ACC 1.00 ± 1.00, within seed noise, ECE -1.00 ± 0.00; 3 seed(s).") in text
+    # the one-seed ablation is put against how much MOON + RigL - RigL moves between seeds: 4, -7, -3 points
+    assert ("- MOON + RigL 90% - MOON + RigL 90%, no loss modification: mean AUROC 2.00 points (higher), ACC 0.00, "
+            "ECE -2.00; 1 paired seed(s).") in text
+    assert text.endswith("varies between seeds by a std of 5.57 points of mean AUROC, 1.00 of ACC and 0.00 of ECE "
+                         "(3 paired seeds).")
+
+
+def test_a_mean_that_rounds_to_zero_prints_without_a_sign():
+    assert rp._pm((-0.00003, 0.0018, 3)) == "0.00 ± 0.18"
+    assert rp._pm((-0.0003, 0.0, 1)) == "-0.03"
+
+
 @pytest.mark.slow
 def test_reproduce_script_end_to_end_on_digits(tmp_path):
     """Two real runs through train.py, then the report: its numbers are each run's eval.json."""

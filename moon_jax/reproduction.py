@@ -284,7 +284,7 @@ def run_all(
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {spec.workdir}/train.log)"
                 log(f"{status}: {spec.method} seed {spec.seed} in {outcome.seconds:.1f} s")
     finally:
-        _stop_children(running, log)
+        _stop_children(specs, running, log)
     return [outcomes[i] for i in range(len(specs))]
 
 
@@ -313,19 +313,21 @@ def _wall_time_records(workdir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _stop_children(running: Mapping[int, tuple], log: Callable[[str], None]) -> None:
+def _stop_children(specs: Sequence[RunSpec], running: Mapping[int, tuple], log: Callable[[str], None]) -> None:
     """When run_all is interrupted (Ctrl-C, SIGTERM turned into SystemExit): SIGTERM to every
-    train.py still running, which saves a checkpoint and exits, so a re-run resumes them."""
+    train.py still running, which saves a checkpoint and exits, so a re-run resumes them. Their
+    wall time is recorded with their exit status, so that a run's total counts every invocation."""
     for proc, _, _ in running.values():
         if proc.poll() is None:
             proc.terminate()
-    for proc, _, logfile in running.values():
+    for index, (proc, start, logfile) in running.items():
         try:
             proc.wait(timeout=300)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
         logfile.close()
+        record_wall_time(RunOutcome(specs[index], proc.returncode, time.perf_counter() - start))
     if running:
         log(f"stopped {len(running)} running train.py process(es) with SIGTERM (each saves a checkpoint once "
             "training has started): re-run the same command to resume")

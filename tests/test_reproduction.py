@@ -334,12 +334,17 @@ def test_sigterm_stops_the_runs_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
     assert saved, log[-2000:]
     assert (root / "rigl_s0" / "checkpoints" / saved.group(1)).is_dir()
     assert not output.exists()
+    [stopped] = rp._wall_time_records(root / "rigl_s0")  # the stopped invocation's time counts too
+    assert stopped["returncode"] == 128 + signal.SIGTERM and stopped["seconds"] > 0
 
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = (root / "rigl_s0" / "train.log").read_text().split("SIGTERM: saved")[1]
     assert f"from the checkpoint at step {saved.group(1)}" in resumed
     assert "| RigL 90% | 1 |" in output.read_text()
+    first, second = rp._wall_time_records(root / "rigl_s0")
+    assert first == stopped and second["returncode"] == 0
+    assert rp.total_wall_time(root / "rigl_s0") == pytest.approx(first["seconds"] + second["seconds"])
 
 
 @pytest.mark.parametrize("name, steps_per_epoch", [("cifar10_cpu", 40), ("cifar10_cpu_large", 160)])

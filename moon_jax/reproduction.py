@@ -300,9 +300,8 @@ def record_wall_time(outcome: RunOutcome) -> None:
 
 def total_wall_time(workdir) -> Optional[float]:
     """Seconds of every train.py invocation of a run (resumptions summed), or None if unknown."""
-    if not (Path(workdir) / WALL_TIME_FILE).exists():
-        return None
-    return sum(record["seconds"] for record in _wall_time_records(workdir))
+    records = _wall_time_records(workdir)
+    return sum(record["seconds"] for record in records) if records else None
 
 
 def _wall_time_records(workdir) -> list[dict]:
@@ -435,6 +434,12 @@ def _noise_note(diff: tuple[float, float, int]) -> str:
     return ", within seed noise" if n > 1 and abs(mean) < 2 * std / n ** 0.5 else ""
 
 
+def _direction(diff: tuple[float, float, int], word: str = "higher", sign: int = 1) -> str:
+    """``"higher"`` or ``"not higher"`` (``word``; ``sign=-1`` when a negative difference is the
+    direction named, e.g. ``"lower"`` ECE) for a paired difference, with :func:`_noise_note`."""
+    return ("" if sign * diff[0] > 0 else "not ") + word + _noise_note(diff)
+
+
 def _seed_spread_line(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsity: float) -> Optional[str]:
     """A bullet giving one-seed comparisons their scale: how much the paired difference
     ``moon_<x> - <x>`` (the one with the most seeds) moves between seeds. None without one."""
@@ -475,10 +480,10 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
                 continue
             label, base = method_label(moon, sparsity), method_label(sparse_method, sparsity)
             lines.append(
-                f"- {label} - {base}: mean AUROC {_pm(d_auroc)} points ({'higher' if d_auroc[0] > 0 else 'not higher'}"
-                f"{_noise_note(d_auroc)}; paper: several points higher), FPR95 {_pm(d_fpr)}, "
+                f"- {label} - {base}: mean AUROC {_pm(d_auroc)} points ({_direction(d_auroc)}; "
+                f"paper: several points higher), FPR95 {_pm(d_fpr)}, "
                 f"ACC {_pm(d_acc)} ({'within' if abs(d_acc[0]) <= 0.005 else 'not within'} 0.5 points), ECE {_pm(d_ece)} "
-                f"({'lower' if d_ece[0] < 0 else 'not lower'}{_noise_note(d_ece)}); {d_auroc[2]} paired seed(s)."
+                f"({_direction(d_ece, 'lower', -1)}); {d_auroc[2]} paired seed(s)."
             )
     for method, baseline, claim in COMPARISONS:
         if method not in methods or baseline not in methods:
@@ -490,7 +495,7 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
             continue
         lines.append(
             f"- {method_label(method, sparsity)} - {method_label(baseline, sparsity)}: mean AUROC {_pm(d_auroc)} points "
-            f"({'higher' if d_auroc[0] > 0 else 'not higher'}{_noise_note(d_auroc)}), "
+            f"({_direction(d_auroc)}), "
             f"ACC {_pm(d_acc)}{_noise_note(d_acc)}, ECE {_pm(d_ece)}{_noise_note(d_ece)}; "
             f"{d_auroc[2]} paired seed(s). Paper: {claim}."
         )
@@ -500,9 +505,9 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
             continue
         lines.append(
             f"- The voting within the same runs ({method_label(method, sparsity)}: weight average - last iterate): "
-            f"mean AUROC {_pm(d_auroc)} points ({'higher' if d_auroc[0] > 0 else 'not higher'}{_noise_note(d_auroc)}), "
-            f"ACC {_pm(d_acc)}{_noise_note(d_acc)}, ECE {_pm(d_ece)}{_noise_note(d_ece)}; {d_auroc[2]} seed(s). "
-            f"Paper: the voting helps (Fig. 5)."
+            f"mean AUROC {_pm(d_auroc)} points ({_direction(d_auroc)}), "
+            f"ACC {_pm(d_acc)}{_noise_note(d_acc)}, ECE {_pm(d_ece)}{_noise_note(d_ece)}; {d_auroc[2]} seed(s)."
+            + (" Paper: the voting helps (Fig. 5)." if method.startswith("moon_") else "")
         )
     spread = _seed_spread_line(per_run, sparsity)
     return lines + [spread] if lines and spread else lines

@@ -258,6 +258,12 @@ def test_voting_is_measured_within_the_same_runs_and_one_seed_comparisons_get_th
     text = "\n".join(rp.claim_checks(per_run, 0.9))
     assert ("- The voting within the same runs (MOON + RigL 90%: weight average - last iterate): mean AUROC -0.33 ± 1.53 "
             "points (not higher, within seed noise), ACC 1.00 ± 1.00, within seed noise, ECE -1.00 ± 0.00; 3 seed(s).") in text
+    assert "3 seed(s). Paper: the voting helps (Fig. 5)." in text  # MOON's voting is the paper's Figure 5
+    per_run[("cigl_rigl", 0)] = {"auroc/mean": 0.78, "last_auroc/mean": 0.76, "acc": 0.6, "last_acc": 0.59,
+                                 "ece": 0.2, "last_ece": 0.21}
+    cigl = [line for line in rp.claim_checks(per_run, 0.9) if "(CigL + RigL 90%: weight average" in line]
+    assert cigl == ["- The voting within the same runs (CigL + RigL 90%: weight average - last iterate): mean AUROC "
+                    "2.00 points (higher), ACC 1.00, ECE -1.00; 1 seed(s)."]  # CigL's averaging: no Fig. 5
     # the one-seed ablation is put against how much MOON + RigL - RigL moves between seeds: 4, -7, -3 points
     assert ("- MOON + RigL 90% - MOON + RigL 90%, no loss modification: mean AUROC 2.00 points (higher), ACC 0.00, "
             "ECE -2.00; 1 paired seed(s).") in text

@@ -259,6 +259,12 @@ def test_voting_is_measured_within_the_same_runs_and_one_seed_comparisons_get_th
     assert ("- The voting within the same runs (MOON + RigL 90%: weight average - last iterate): mean AUROC -0.33 ± 1.53 "
             "points (not higher, within seed noise), ACC 1.00 ± 1.00, within seed noise, ECE -1.00 ± 0.00; 3 seed(s).") in text
     assert "3 seed(s). Paper: the voting helps (Fig. 5)." in text  # MOON's voting is the paper's Figure 5
+    # the loss alone: MOON's last iterate against the baseline, paired by seed (+3, -7, -1 AUROC points)
+    assert ("- MOON + RigL 90%, last iterate - RigL 90% (the loss without the voting): mean AUROC -1.67 ± 5.03 "
+            "points (not higher, within seed noise), ACC 0.00 ± 1.00, within seed noise, ECE -1.00 ± 0.00 (lower); "
+            "3 paired seed(s).") in text
+    assert rp.paired_difference(per_run, "moon_rigl", "rigl", "acc", better_metric="last_acc")[2] == 3
+    assert rp.paired_difference(per_run, "moon_rigl", "rigl", "acc", better_metric="last_nll") is None
     per_run[("cigl_rigl", 0)] = {"auroc/mean": 0.78, "last_auroc/mean": 0.76, "acc": 0.6, "last_acc": 0.59,
                                  "ece": 0.2, "last_ece": 0.21}
     cigl = [line for line in rp.claim_checks(per_run, 0.9) if "(CigL + RigL 90%: weight average" in line]

@@ -394,14 +394,15 @@ def aggregate(per_run: Mapping[tuple[str, int], Mapping[str, float]]) -> dict[st
 
 def paired_difference(
     per_run: Mapping[tuple[str, int], Mapping[str, float]], better: str, baseline: str, metric: str,
-    better_metric: Optional[str] = None,
+    better_metric: Optional[str] = None, baseline_metric: Optional[str] = None,
 ) -> Optional[tuple[float, float, int]]:
     """``better - baseline`` for ``metric`` over the seeds both have: (mean, std, n) or None.
-    ``better_metric`` reads ``better``'s side from another key (``last_<metric>``: its last iterate)."""
-    better_metric = better_metric or metric
+    ``better_metric`` / ``baseline_metric`` read one side from another key (``last_<metric>``: the
+    run's last iterate), so one method's weight average can be paired with its own last iterate."""
+    better_metric, baseline_metric = better_metric or metric, baseline_metric or metric
     seeds = sorted({s for m, s in per_run if m == better} & {s for m, s in per_run if m == baseline})
-    diffs = [per_run[(better, s)][better_metric] - per_run[(baseline, s)][metric] for s in seeds
-             if better_metric in per_run[(better, s)] and metric in per_run[(baseline, s)]]
+    diffs = [per_run[(better, s)][better_metric] - per_run[(baseline, s)][baseline_metric] for s in seeds
+             if better_metric in per_run[(better, s)] and baseline_metric in per_run[(baseline, s)]]
     return (*_mean_std(diffs), len(diffs)) if diffs else None
 
 
@@ -411,9 +412,7 @@ def voting_difference(
     """Weight average - last iterate of the same runs of ``method`` for ``metric`` (``acc``,
     ``ece`` or ``auroc/mean``): (mean, std, n seeds) or None. What the voting adds, free of the
     seed-to-seed spread that a comparison with a separate no-voting run carries."""
-    diffs = [m[metric] - m[f"last_{metric}"] for (name, _), m in sorted(per_run.items())
-             if name == method and metric in m and f"last_{metric}" in m]
-    return (*_mean_std(diffs), len(diffs)) if diffs else None
+    return paired_difference(per_run, method, method, metric, baseline_metric=f"last_{metric}")
 
 
 def _pm(stat: tuple[float, float, int], scale: float = 100.0, digits: int = 2) -> str:
@@ -441,6 +440,17 @@ def _direction(diff: tuple[float, float, int], word: str = "higher", sign: int =
     """``"higher"`` or ``"not higher"`` (``word``; ``sign=-1`` when a negative difference is the
     direction named, e.g. ``"lower"`` ECE) for a paired difference, with :func:`_noise_note`."""
     return ("" if sign * diff[0] > 0 else "not ") + word + _noise_note(diff)
+
+
+def _metric_phrase(
+    d_auroc: tuple[float, float, int], d_acc: tuple[float, float, int], d_ece: tuple[float, float, int],
+    ece_verdict: bool = False,
+) -> str:
+    """``"mean AUROC x points (higher), ACC y, ECE z"`` for three paired differences, each with its
+    noise note; ``ece_verdict`` says "(lower)" / "(not lower)" for ECE where the paper claims it."""
+    ece_note = f" ({_direction(d_ece, 'lower', -1)})" if ece_verdict else _noise_note(d_ece)
+    return (f"mean AUROC {_pm(d_auroc)} points ({_direction(d_auroc)}), "
+            f"ACC {_pm(d_acc)}{_noise_note(d_acc)}, ECE {_pm(d_ece)}{ece_note}")
 
 
 def _seed_spread_line(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsity: float) -> Optional[str]:
@@ -492,10 +502,9 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
                     for k in ("auroc/mean", "acc", "ece")}
             if None not in last.values():  # separates what the loss does from what the voting adds
                 lines.append(
-                    f"- {label}, last iterate - {base} (the loss without the voting): mean AUROC "
-                    f"{_pm(last['auroc/mean'])} points ({_direction(last['auroc/mean'])}), "
-                    f"ACC {_pm(last['acc'])}{_noise_note(last['acc'])}, ECE {_pm(last['ece'])} "
-                    f"({_direction(last['ece'], 'lower', -1)}); {last['auroc/mean'][2]} paired seed(s)."
+                    f"- {label}, last iterate - {base} (the loss without the voting): "
+                    f"{_metric_phrase(last['auroc/mean'], last['acc'], last['ece'], ece_verdict=True)}; "
+                    f"{last['auroc/mean'][2]} paired seed(s)."
                 )
     for method, baseline, claim in COMPARISONS:
         if method not in methods or baseline not in methods:
@@ -506,10 +515,8 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
         if None in (d_auroc, d_acc, d_ece):
             continue
         lines.append(
-            f"- {method_label(method, sparsity)} - {method_label(baseline, sparsity)}: mean AUROC {_pm(d_auroc)} points "
-            f"({_direction(d_auroc)}), "
-            f"ACC {_pm(d_acc)}{_noise_note(d_acc)}, ECE {_pm(d_ece)}{_noise_note(d_ece)}; "
-            f"{d_auroc[2]} paired seed(s). Paper: {claim}."
+            f"- {method_label(method, sparsity)} - {method_label(baseline, sparsity)}: "
+            f"{_metric_phrase(d_auroc, d_acc, d_ece)}; {d_auroc[2]} paired seed(s). Paper: {claim}."
         )
     for method in sorted(methods):
         d_auroc, d_acc, d_ece = (voting_difference(per_run, method, metric) for metric in ("auroc/mean", "acc", "ece"))
@@ -517,8 +524,7 @@ def claim_checks(per_run: Mapping[tuple[str, int], Mapping[str, float]], sparsit
             continue
         lines.append(
             f"- The voting within the same runs ({method_label(method, sparsity)}: weight average - last iterate): "
-            f"mean AUROC {_pm(d_auroc)} points ({_direction(d_auroc)}), "
-            f"ACC {_pm(d_acc)}{_noise_note(d_acc)}, ECE {_pm(d_ece)}{_noise_note(d_ece)}; {d_auroc[2]} seed(s)."
+            f"{_metric_phrase(d_auroc, d_acc, d_ece)}; {d_auroc[2]} seed(s)."
             + (" Paper: the voting helps (Fig. 5)." if method.startswith("moon_") else "")
         )
     spread = _seed_spread_line(per_run, sparsity)

@@ -265,6 +265,10 @@ def test_voting_is_measured_within_the_same_runs_and_one_seed_comparisons_get_th
             "3 paired seed(s).") in text
     assert rp.paired_difference(per_run, "moon_rigl", "rigl", "acc", better_metric="last_acc")[2] == 3
     assert rp.paired_difference(per_run, "moon_rigl", "rigl", "acc", better_metric="last_nll") is None
+    # either side can read another key: a run's average against its own last iterate, or a baseline's missing one
+    assert rp.paired_difference(per_run, "moon_rigl", "moon_rigl", "ece", baseline_metric="last_ece") == (
+        pytest.approx(-0.01), pytest.approx(0.0), 3)
+    assert rp.paired_difference(per_run, "moon_rigl", "rigl", "acc", baseline_metric="last_acc") is None
     per_run[("cigl_rigl", 0)] = {"auroc/mean": 0.78, "last_auroc/mean": 0.76, "acc": 0.6, "last_acc": 0.59,
                                  "ece": 0.2, "last_ece": 0.21}
     cigl = [line for line in rp.claim_checks(per_run, 0.9) if "(CigL + RigL 90%: weight average" in line]

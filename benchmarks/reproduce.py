@@ -74,15 +74,17 @@ METHOD_GROUPS = {
 
 def expand_methods(text: str) -> tuple[list[str], dict[str, list[int]]]:
     """``(methods, method_seeds)`` from a comma-separated list of method and group names, each
-    optionally with its own seeds after ``@`` (``ablations@0``, ``rigl@0+1``); in order, once each."""
+    optionally with its own seeds after ``@`` (``ablations@0``, ``rigl@0+1``); in order, once each.
+    A method named again with other seeds gets those too (``rigl@0,rigl@1`` is ``rigl@0+1``)."""
     methods, method_seeds = [], {}
     for item in (n for n in text.split(",") if n):
         name, _, seeds = item.partition("@")
         for method in METHOD_GROUPS.get(name, (name,)):
             if method not in methods:
                 methods.append(method)
-            if seeds:
-                method_seeds[method] = [int(s) for s in seeds.split("+") if s]
+            for seed in (int(s) for s in seeds.split("+") if s):
+                if seed not in method_seeds.setdefault(method, []):
+                    method_seeds[method].append(seed)
     return methods, method_seeds
 
 

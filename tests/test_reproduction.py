@@ -229,6 +229,9 @@ def test_every_ablation_and_baseline_is_a_method_with_its_switches(tmp_path):
     # the paper's methods over three seeds, the ablations over one: seed by seed
     methods, method_seeds = reproduce.expand_methods("rigl,moon_rigl,ablations@0,mixup_rigl@1+0")
     assert method_seeds == {**{m: [0] for m in rp.ABLATION_METHODS}, "mixup_rigl": [1, 0]}
+    # a method named again adds its seeds rather than replacing the earlier ones
+    assert reproduce.expand_methods("rigl@0,moon_rigl@0,rigl@2+0,moon_rigl@1") == (
+        ["rigl", "moon_rigl"], {"rigl": [0, 2], "moon_rigl": [0, 1]})
     specs = rp.plan_runs("c.py", methods, [0, 1, 2], tmp_path, method_seeds=method_seeds)
     assert [(s.method, s.seed) for s in specs] == [
         ("rigl", 0), ("moon_rigl", 0), *[(m, 0) for m in rp.ABLATION_METHODS], ("mixup_rigl", 0),

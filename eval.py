@@ -16,7 +16,7 @@ wrote it for the latest checkpoint (and its plots exist); otherwise the workdir 
 """
 from absl import app, flags
 
-from moon_jax.programs import quiet_library_logs, run_program
+from moon_jax.programs import enable_compilation_cache, initialize_distributed, parse_flags, quiet_library_logs, run_program
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
@@ -66,7 +66,7 @@ def _check_ood(names):
     for name in names or ():
         if name in data.available_datasets() or name.startswith("tfds:"):
             continue
-        if not data.is_dataset_path(name):
+        if not data.names_a_path(name):
             raise ConfigError(
                 f"--ood: unknown OOD set {name!r}; allowed: {', '.join(data.available_datasets())}, 'tfds:<name>', "
                 f"or a path to a folder of images, an image list (.txt) or a packed .npz")
@@ -80,8 +80,6 @@ def main(argv):
     quiet_library_logs()
     _check_scores(FLAGS.scores)
     _check_ood(FLAGS.ood)
-    from moon_jax.programs import enable_compilation_cache, initialize_distributed
-
     initialize_distributed(FLAGS.multihost)
     enable_compilation_cache()
     if FLAGS.compare:
@@ -119,4 +117,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_program(lambda: app.run(main))
+    run_program(lambda: app.run(main, flags_parser=parse_flags))

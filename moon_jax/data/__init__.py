@@ -26,7 +26,7 @@ from moon_jax.data.image_folder import (check_dataset_path, is_dataset_path, loa
                                         load_path_dataset, path_dataset_name)
 from moon_jax.data.packed import (PACKED_FILES, decode_images, default_cache_dir, default_data_dir,
                                   load_packed, load_packed_dataset, packed_path)
-from moon_jax.data.registry import available_datasets, load_dataset, source_kind
+from moon_jax.data.registry import available_datasets, load_dataset, names_a_path, resolve_dataset_path, source_kind
 from moon_jax.data.synthetic import default_noise_count, gaussian_noise, uniform_noise
 from moon_jax.data.tfds_source import TFDS_SPECS, TfdsArraySource, TfdsSpec, load_tfds
 
@@ -71,6 +71,8 @@ __all__ = [
     "packed_path",
     "random_crop_flip",
     "source_kind",
+    "names_a_path",
+    "resolve_dataset_path",
     "steps_per_epoch",
     "to_image_shape",
     "uniform_noise",

@@ -14,6 +14,7 @@ Names:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from moon_jax.data.dataset import ImageDataset, to_image_shape
@@ -34,6 +35,20 @@ def available_datasets() -> tuple[str, ...]:
     names = list(BUILTIN_NAMES) + list(NOISE_NAMES) + list(PACKED_FILES)
     names += [n for n in TFDS_SPECS if n not in PACKED_FILES]
     return tuple(names)
+
+
+def names_a_path(name) -> bool:
+    """Whether a dataset ``name`` is read as a path: not a registered name nor ``'tfds:<name>'``,
+    and a path by :func:`~moon_jax.data.image_folder.is_dataset_path`'s rule. The one answer to
+    "name or path?" that configs, programs and loaders share."""
+    return (isinstance(name, str) and name not in available_datasets() and not name.startswith("tfds:")
+            and is_dataset_path(name))
+
+
+def resolve_dataset_path(name):
+    """``name`` as an absolute path when it names a path (so a run does not depend on the folder
+    it was started from), else unchanged."""
+    return str(Path(name).expanduser().resolve()) if names_a_path(name) else name
 
 
 def source_kind(name: str, source: str = "auto") -> str:

@@ -2,7 +2,6 @@
 and the plots next to it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,48 +14,59 @@ from moon_jax.evaluation.plots import write_plots
 from moon_jax.evaluation.runner import evaluate_state
 from moon_jax.training import (
     CheckpointError,
-    Checkpointer,
     ConfigError,
     DataParallel,
     abstract_train_state,
-    base_config,
     build_run,
     describe_method,
 )
-from moon_jax.training.reporting import read_metrics
-
-
-def config_from_dict(values: dict) -> ml_collections.ConfigDict:
-    """A full ConfigDict from a saved JSON config: base defaults updated with ``values``.
-
-    JSON turns tuples into lists; fields whose default is a tuple get tuples back.
-    """
-    config = base_config()
-
-    def update(node: ml_collections.ConfigDict, saved: dict, prefix: str):
-        for key, value in saved.items():
-            if key not in node:
-                raise CheckpointError(
-                    f"the checkpoint's config has a field config.{prefix}{key} this version does not know; "
-                    "it was written by another moon-jax version"
-                )
-            if isinstance(node[key], ml_collections.ConfigDict):
-                update(node[key], value, prefix + key + ".")
-            elif isinstance(node[key], tuple):
-                node[key] = tuple(value)
-            else:
-                node[key] = value
-
-    update(config, values, "")
-    return config
+from moon_jax.training.run_directory import RunDirectory, write_error
 
 
 def load_run_config(workdir, step: Optional[int] = None) -> ml_collections.ConfigDict:
-    """The config a checkpoint was trained with."""
-    meta = Checkpointer(workdir).read_meta(step)
-    if "config" not in meta:
-        raise CheckpointError(f"the checkpoint in {workdir} has no saved config; it is not a moon-jax checkpoint")
-    return config_from_dict(meta["config"])
+    """The config a checkpoint (the newest readable one by default) was trained with."""
+    with RunDirectory(workdir) as run_dir:
+        return run_dir.read_saved_config(step)
+
+
+def results_title(config, results: dict) -> str:
+    """The heading of a run's evaluation report (dataset / model / method (which model))."""
+    return f"{config.data.dataset} / {config.model.name} / {describe_method(config)} ({results['model']})"
+
+
+def report_and_save(
+    run_dir: RunDirectory,
+    results: dict,
+    arrays,
+    config,
+    output: Optional[str] = None,
+    plots: bool = True,
+    verbose: bool = True,
+) -> dict:
+    """Prints the evaluation report (``verbose``), then writes the plots (unless ``plots`` is
+    false; ``results['plots']`` lists them) and ``eval.json`` (or ``output``), on process 0.
+
+    The report is printed before anything is written, so a failed write (one
+    :class:`~moon_jax.training.run_directory.WriteError` naming the path) loses no result.
+    """
+    results["plots"] = []
+    if jax.process_index() != 0:
+        return results
+    path = Path(output) if output else run_dir.results_path
+    title = results_title(config, results)
+    if verbose:
+        print(format_results(results, title=title), flush=True)
+    if plots and arrays is not None:
+        try:
+            results["plots"] = write_plots(path.parent, results, arrays, run_dir.read_metrics(), title)
+        except OSError as err:
+            raise write_error(path.parent, err) from None
+    run_dir.write_results(results, path)
+    if verbose:
+        print(f"\nwritten to {path}")
+        if results["plots"]:
+            print(f"plots in {path.parent}: {', '.join(results['plots'])}")
+    return results
 
 
 def evaluate_workdir(
@@ -71,49 +81,39 @@ def evaluate_workdir(
     train_examples: int = pp.TRAIN_FEATURE_EXAMPLES,
     verbose: bool = True,
 ) -> dict:
-    """Evaluates the checkpoint (latest, or ``step``) of a training workdir; prints and saves.
+    """Evaluates the checkpoint (the newest that restores, or ``step``) of a training workdir;
+    prints, then saves.
 
     Writes the results to ``output`` (default ``<workdir>/eval.json``) and, unless ``plots`` is
     false, the PNGs of :mod:`moon_jax.evaluation.plots` into the same directory (the training
     curves from ``<workdir>/metrics.jsonl``); ``results['plots']`` lists the files written.
     ``verbose``: print the Markdown report.
     """
-    workdir = Path(workdir)
-    if not (workdir / "checkpoints").is_dir():
+    run_dir = RunDirectory(workdir)
+    if not run_dir.has_checkpoint_directory():
         raise CheckpointError(
             f"{workdir} has no checkpoints/ directory: pass the --workdir a `python train.py` run wrote"
         )
-    config = load_run_config(workdir, step)
-    if ood is not None:
-        config.data.ood_datasets = tuple(ood)
-    if scores is not None:
-        config.eval.scores = tuple(scores)
-    if data_dir is not None:
-        config.data.data_dir = data_dir
-    if batch_size is not None:
-        config.train.eval_batch_size = batch_size
-    data, setup = build_run(config)
-    try:
-        pp.validate_scores(config.eval.scores, setup.model.num_outputs == setup.num_classes + 1)
-    except ValueError as err:
-        raise ConfigError(f"--scores: {err}") from None
-    checkpointer = Checkpointer(workdir)
-    replicated = DataParallel(setup.split.mesh).replicated
-    state, _ = checkpointer.restore(abstract_train_state(setup, data.image_shape, replicated), config, step)
-    checkpointer.close()
+    with run_dir:
+        config = run_dir.read_saved_config(step)
+        if ood is not None:
+            config.data.ood_datasets = tuple(ood)
+        if scores is not None:
+            config.eval.scores = tuple(scores)
+        if data_dir is not None:
+            config.data.data_dir = data_dir
+        if batch_size is not None:
+            config.train.eval_batch_size = batch_size
+        data, setup = build_run(config)
+        try:
+            pp.validate_scores(config.eval.scores, setup.model.num_outputs == setup.num_classes + 1)
+        except ValueError as err:
+            raise ConfigError(f"--scores: {err}") from None
+        abstract = abstract_train_state(setup, data.image_shape, DataParallel(setup.split.mesh).replicated)
+        if step is None:
+            state, _ = run_dir.checkpointer.restore_newest(abstract, config)
+        else:
+            state, _ = run_dir.checkpointer.restore(abstract, config, step)
     results, arrays = evaluate_state(setup, state, data, config, return_arrays=True, train_examples=train_examples)
     results["checkpoint_step"] = int(state.step)
-    results["plots"] = []
-    if jax.process_index() == 0:
-        path = Path(output) if output else workdir / "eval.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        title = f"{config.data.dataset} / {config.model.name} / {describe_method(config)} ({results['model']})"
-        if plots:
-            results["plots"] = write_plots(path.parent, results, arrays, read_metrics(workdir), title)
-        path.write_text(json.dumps(results, indent=2) + "\n")
-        if verbose:
-            print(format_results(results, title=title))
-            print(f"\nwritten to {path}")
-            if results["plots"]:
-                print(f"plots in {path.parent}: {', '.join(results['plots'])}")
-    return results
+    return report_and_save(run_dir, results, arrays, config, output=output, plots=plots, verbose=verbose)

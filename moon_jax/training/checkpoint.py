@@ -11,15 +11,18 @@ different model, dataset, sparsity, method, ...) is refused with one clear error
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from moon_jax.training.run_directory import CHECKPOINTS, CONFIG, WriteError, free_bytes, warn, write_error
 
 # Fields that may change between a run and its resumption / evaluation without changing what is
 # being trained.
@@ -40,8 +43,22 @@ OPERATIONAL_FIELDS = (
 )
 
 
+#: Fields a run may resume with changed values when asked to (``train.py --resume_with_changed``):
+#: optimiser settings that change no shape and no state, e.g. a lower learning rate after a
+#: divergence.
+RESUMABLE_CHANGES = ("train.base_lr", "train.lr_ini", "train.lr_end", "train.weight_decay", "train.momentum")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, partial, corrupt, or belongs to another run."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint's files cannot be read (partial, truncated or corrupt)."""
+
+
+#: Free space kept beyond a checkpoint's estimated size before a save starts.
+SAVE_MARGIN_BYTES = 1 << 20
 
 
 def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -94,7 +111,8 @@ class Checkpointer:
     """Saves and restores train states under ``<workdir>/checkpoints``."""
 
     def __init__(self, workdir, max_to_keep: int = 2):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory = Path(workdir).absolute() / CHECKPOINTS
+        self._pending = None
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -111,7 +129,17 @@ class Checkpointer:
     def save(self, step: int, state, config: ml_collections.ConfigDict, extra: Optional[dict] = None) -> None:
         """Starts writing a checkpoint of ``state`` at ``step`` and returns once the arrays are
         copied off the device; the files are written in the background (orbax's asynchronous
-        save). The next save, :meth:`wait_until_finished` or :meth:`close` waits for it."""
+        save). The next save, :meth:`wait_until_finished` or :meth:`close` waits for it.
+
+        Raises :class:`~moon_jax.training.run_directory.WriteError` before writing anything when
+        the disk lacks room for the state (so the newest complete checkpoint is never the one
+        the disk filled up under), or when the write itself fails.
+        """
+        self.wait_until_finished()
+        needed = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+        free = free_bytes(self.directory)
+        if free is not None and free < needed + SAVE_MARGIN_BYTES:
+            raise write_error(self.directory / str(step), OSError(errno.ENOSPC, "no space"), needed + SAVE_MARGIN_BYTES)
         meta = {
             "step": int(step),
             "config": json.loads(config.to_json_best_effort()),
@@ -119,28 +147,67 @@ class Checkpointer:
             "shapes": describe_shapes(state),
         }
         meta.update(extra or {})
-        self._manager.save(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        self._pending = (int(step), needed)
+        try:
+            self._manager.save(
+                int(step),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+        except Exception as err:  # orbax wraps the OSError in its own types
+            raise self._save_failure(err) from None
 
     def wait_until_finished(self) -> None:
-        """Blocks until the checkpoint being written (if any) is complete on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until the checkpoint being written (if any) is complete on disk; a failed
+        background write raises :class:`~moon_jax.training.run_directory.WriteError`."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:
+            raise self._save_failure(err) from None
+        self._pending = None
 
-    def read_meta(self, step: Optional[int] = None) -> dict:
-        """The JSON record of a checkpoint (the latest by default)."""
+    def _save_failure(self, err: BaseException) -> WriteError:
+        step, needed = self._pending or (None, None)
+        self._pending = None
+        target = self.directory / str(step) if step is not None else self.directory
+        return write_error(target, err, needed)
+
+    def read_meta(self, step: Optional[int] = None, fall_back: bool = False) -> dict:
+        """The JSON record of a checkpoint (the latest by default). With ``fall_back`` a damaged
+        newest record gives way to the newest readable one, with a warning."""
+        if fall_back:
+            return self._newest_readable(self.read_meta)[1]
         step = self._require_step(step)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as err:  # orbax raises many types for damaged files
-            raise CheckpointError(
+            raise DamagedCheckpointError(
                 f"the checkpoint at step {step} in {self.directory} has an unreadable metadata record "
-                f"({type(err).__name__}: {err}); it is corrupt or partial. Delete "
-                f"{self.directory / str(step)} to fall back to an older checkpoint."
-            ) from err
+                f"({_one_line(err)}); it is corrupt or partial"
+            ) from None
         return dict(restored.meta)
+
+    def _newest_readable(self, read):
+        """``(step, read(step))`` for the newest step whose checkpoint ``read`` can read; each
+        damaged newer one is named in a warning line and kept on disk. Raises
+        :class:`CheckpointError` when none can be read."""
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            self._require_step(None)
+        damaged = []
+        for step in steps:
+            try:
+                result = read(step)
+            except DamagedCheckpointError as err:
+                damaged.append((step, str(err)))
+                continue
+            for bad_step, why in damaged:
+                warn(f"{why}; using the checkpoint at step {step} instead (step {bad_step} is kept on disk)")
+            return step, result
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} can be read (steps {', '.join(str(s) for s, _ in damaged)}; "
+            f"newest: {damaged[0][1]}); start again with a new --workdir (the damaged ones are kept)"
+        )
 
     def _require_step(self, step: Optional[int]) -> int:
         if step is None:
@@ -158,18 +225,26 @@ class Checkpointer:
             )
         return step
 
-    def check_compatible(self, meta: dict, config: ml_collections.ConfigDict) -> None:
-        """Raises :class:`CheckpointError` if the checkpoint was made by a different run."""
-        differences = fingerprint_differences(meta.get("fingerprint", {}), fingerprint(config))
+    def check_compatible(self, meta: dict, config: ml_collections.ConfigDict, allow_changed: Sequence[str] = ()) -> None:
+        """Raises :class:`CheckpointError` if the checkpoint was made by a different run (fields
+        in ``allow_changed``, a subset of :data:`RESUMABLE_CHANGES`, may differ)."""
+        bad = [f for f in allow_changed if f not in RESUMABLE_CHANGES]
+        if bad:
+            raise CheckpointError(f"--resume_with_changed: {', '.join(bad)} cannot change within a run; allowed: "
+                                  f"{', '.join(RESUMABLE_CHANGES)}")
+        saved = {k: v for k, v in meta.get("fingerprint", {}).items() if k not in allow_changed}
+        current = {k: v for k, v in fingerprint(config).items() if k not in allow_changed}
+        differences = fingerprint_differences(saved, current)
         if differences:
             raise CheckpointError(
                 f"the checkpoint in {self.directory} was made by a different run:\n  "
                 + "\n  ".join(differences)
                 + "\nUse the config it was trained with (saved in its metadata and in "
-                f"{self.directory.parent / 'config.json'}) or a new --workdir."
+                f"{self.directory.parent / CONFIG}) or a new --workdir."
             )
 
-    def restore(self, abstract_state, config: ml_collections.ConfigDict, step: Optional[int] = None):
+    def restore(self, abstract_state, config: ml_collections.ConfigDict, step: Optional[int] = None,
+                allow_changed: Sequence[str] = ()):
         """Restores the state at ``step`` (latest by default) into the structure of ``abstract_state``.
 
         Returns ``(state, meta)``. Raises :class:`CheckpointError` if the checkpoint is from
@@ -177,7 +252,7 @@ class Checkpointer:
         """
         step = self._require_step(step)
         meta = self.read_meta(step)
-        self.check_compatible(meta, config)
+        self.check_compatible(meta, config, allow_changed)
         expected = describe_shapes(abstract_state)
         saved = meta.get("shapes")
         if saved is not None and saved != expected:
@@ -192,13 +267,27 @@ class Checkpointer:
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
             )
         except Exception as err:
-            raise CheckpointError(
+            raise DamagedCheckpointError(
                 f"the checkpoint at step {step} in {self.directory} could not be read "
-                f"({type(err).__name__}: {err}); it is corrupt or partial. Delete "
-                f"{self.directory / str(step)} to fall back to an older checkpoint."
-            ) from err
+                f"({_one_line(err)}); it is corrupt or partial"
+            ) from None
         return restored.state, meta
+
+    def restore_newest(self, abstract_state, config: ml_collections.ConfigDict, allow_changed: Sequence[str] = ()):
+        """:meth:`restore` of the newest checkpoint that restores: a damaged newer one is named
+        in one warning line and kept. Returns ``(state, meta)``; raises :class:`CheckpointError`
+        when none restores, or when the run's checkpoints belong to another run."""
+        return self._newest_readable(lambda step: self.restore(abstract_state, config, step, allow_changed))[1]
 
     def close(self) -> None:
         """Waits for a checkpoint being written, then releases the manager's threads."""
-        self._manager.close()
+        try:
+            self._manager.close()
+        except Exception as err:
+            raise self._save_failure(err) from None
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as ``Type: first line`` (storage libraries' messages run to many lines)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}".rstrip(": ")

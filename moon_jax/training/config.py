@@ -138,6 +138,31 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def config_from_dict(values: dict) -> ml_collections.ConfigDict:
+    """A full ConfigDict from a saved JSON config: base defaults updated with ``values``.
+
+    JSON turns tuples into lists; fields whose default is a tuple get tuples back.
+    """
+    config = base_config()
+
+    def update(node: ml_collections.ConfigDict, saved: dict, prefix: str):
+        for key, value in saved.items():
+            if key not in node:
+                raise ConfigError(
+                    f"the checkpoint's config has a field config.{prefix}{key} this version does not know; "
+                    "it was written by another moon-jax version"
+                )
+            if isinstance(node[key], ml_collections.ConfigDict):
+                update(node[key], value, prefix + key + ".")
+            elif isinstance(node[key], tuple):
+                node[key] = tuple(value)
+            else:
+                node[key] = value
+
+    update(config, values, "")
+    return config
+
+
 REFERENCE_TRAIN_EXAMPLES = 50_000  # CIFAR-10's training set, which the reference recipe's phases are counted on
 
 
@@ -167,6 +192,37 @@ def scaled_reference_recipe(epochs: int, steps_per_epoch: int) -> ml_collections
     config.moon.warmup_epochs = epochs * config.moon.warmup_epochs // reference_epochs
     config.moon.averaging_epochs = epochs * config.moon.averaging_epochs // reference_epochs
     return config
+
+
+#: Phase lengths (epochs) and intervals (every so many epochs) that keep their share of the run
+#: when its length changes (:func:`scale_phases_to_epochs`).
+PHASE_FIELDS = ("train.constant_lr_epochs", "moon.warmup_epochs", "moon.averaging_epochs")
+INTERVAL_FIELDS = ("train.eval_every_epochs", "train.checkpoint_every_epochs")
+
+
+def scale_phases_to_epochs(config: ml_collections.ConfigDict, from_epochs: int, keep: Iterable[str] = ()) -> dict:
+    """Scales ``config``'s phases (in place) from a run of ``from_epochs`` epochs to one of
+    ``config.train.epochs``, by the rule of :func:`scaled_reference_recipe`: each phase keeps its
+    share of the run (rounded down), each interval too (at least 1 when it was on). Fields named
+    in ``keep`` (given explicitly by the user) are left alone. Returns ``{field: (old, new)}``
+    for the fields that changed.
+    """
+    epochs = config.train.epochs
+    changed = {}
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1 or epochs == from_epochs:
+        return changed
+    for field in PHASE_FIELDS + INTERVAL_FIELDS:
+        if field in keep:
+            continue
+        group, name = field.split(".")
+        old = config[group][name]
+        new = old * epochs // from_epochs
+        if field in INTERVAL_FIELDS and old > 0:
+            new = max(1, new)
+        if new != old:
+            config[group][name] = new
+            changed[field] = (old, new)
+    return changed
 
 
 def _fail(field: str, value: Any, allowed: str) -> ConfigError:
@@ -244,10 +300,10 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
         known_datasets = available_datasets()
     known = tuple(known_datasets)
 
-    from moon_jax.data import DatasetFormatError, DatasetNotFoundError, check_dataset_path, is_dataset_path
+    from moon_jax.data import DatasetFormatError, DatasetNotFoundError, check_dataset_path, names_a_path
 
     def check_dataset(field, name, purpose):
-        if isinstance(name, str) and name not in known and not name.startswith("tfds:") and is_dataset_path(name):
+        if names_a_path(name):
             try:
                 check_dataset_path(name, purpose)
             except (DatasetNotFoundError, DatasetFormatError) as err:
@@ -263,7 +319,7 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     for name in config.data.ood_datasets:
         check_dataset("data.ood_datasets", name, "ood")
     _check_positive_int(config, "data.image_size", allow_zero=True)
-    dataset_is_path = config.data.dataset not in known and is_dataset_path(config.data.dataset)
+    dataset_is_path = names_a_path(config.data.dataset)
     if dataset_is_path and config.data.source != "auto":
         raise _fail("data.source", config.data.source, "a dataset given as a path is read with 'auto'")
     if dataset_is_path and config.data.stream_train:

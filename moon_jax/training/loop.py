@@ -17,13 +17,14 @@ the caller's (``periodic_eval``): this package does not import the evaluation pa
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
+import os
 import signal
+import sys
 import threading
 import time
-from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +34,11 @@ import numpy as np
 from moon_jax import moon, sparse
 from moon_jax.data import ImageDataset, epoch_batch_indices
 from moon_jax.training import steps
-from moon_jax.training.checkpoint import Checkpointer
 from moon_jax.training.config import describe_method, validate_config
 from moon_jax.training.devices import DataParallel
 from moon_jax.training.input_pipeline import DeviceDataset, HostStreamDataset, RunData, load_run_data
 from moon_jax.training.reporting import MetricWriter, ProgressBar
+from moon_jax.training.run_directory import RunDirectory
 from moon_jax.training.setup import TrainingSetup, abstract_train_state, create_train_state, create_training_setup
 from moon_jax.training.state import TrainState
 
@@ -47,10 +48,11 @@ class NonFiniteError(RuntimeError):
 
 
 class Preempted(SystemExit):
-    """SIGTERM arrived; a checkpoint was saved. Exit status 143 (128 + SIGTERM)."""
+    """SIGTERM or Ctrl-C arrived and a checkpoint was saved. Exit status 143 (128 + SIGTERM) or
+    130 (128 + SIGINT)."""
 
-    def __init__(self, message: str):
-        super().__init__(143)
+    def __init__(self, message: str, code: int = 143):
+        super().__init__(code)
         self.message = message
 
 
@@ -157,22 +159,161 @@ def _start_summary(records: list, step: int, epoch: int, extra: dict) -> _Pendin
     return _PendingSummary(step, epoch, values)
 
 
-def _truncate_metrics_log(workdir: Path, step: int) -> None:
-    """Drops records written after ``step`` by a run that crashed before its next checkpoint."""
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+# ----------------------------------------------------------------------------- stopping
+class StopRequests:
+    """While active (a ``with`` block), SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to
+    stop after the current step: it saves a checkpoint, says so in one line and exits with 143 or
+    130. A second Ctrl-C aborts at once (the checkpoint being written is abandoned; the complete
+    ones before it are intact). The previous handlers are restored on exit. Outside the main
+    thread (signals cannot be caught there) it does nothing.
+    """
+
+    _SIGNALS = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("Ctrl-C", 130)}
+
+    def __init__(self, describe_abort: Callable[[], str] = lambda: ""):
+        self.requested: Optional[tuple[str, int]] = None
+        self._describe_abort = describe_abort
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            print(f"error: second Ctrl-C: aborting at once without saving; {self._describe_abort()}",
+                  file=sys.stderr, flush=True)
+            os._exit(130)
+        self.requested = self._SIGNALS[signum]
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
 
-def _write_config(workdir: Path, config) -> None:
-    path = workdir / "config.json"
-    if not path.exists():
-        path.write_text(config.to_json_best_effort(indent=2) + "\n")
+# ----------------------------------------------------------------------------- saving
+class CheckedSaver:
+    """Saves checkpoints of a run only when the state is finite; a NaN/inf stops the run with
+    :class:`NonFiniteError`, naming the step and what actually works next."""
+
+    def __init__(self, run_dir: RunDirectory, config, steps_per_epoch: int):
+        self.checkpointer = run_dir.checkpointer
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self._params_finite = jax.jit(
+            lambda params: jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+        )
+
+    def save(self, state: TrainState, step: int) -> None:
+        """Checks that ``state`` is finite, then starts an asynchronous save at ``step``."""
+        bad = int(state.nonfinite_step)
+        if bad < 0 and not bool(self._params_finite(state.params)):
+            bad = step - 1  # a non-finite gradient at the last step, which no loss has shown yet
+        self.stop_if_nonfinite(bad)
+        self.checkpointer.save(step, state, self.config, {"epoch": step // self.steps_per_epoch,
+                                                          "steps_per_epoch": self.steps_per_epoch})
+
+    def stop_if_nonfinite(self, bad: int) -> None:
+        """Raises :class:`NonFiniteError` when ``bad`` (the first non-finite step, or -1) is set."""
+        if bad < 0:
+            return
+        self.checkpointer.wait_until_finished()
+        last = self.checkpointer.latest_step()
+        lower = self.config.train.base_lr / 2
+        if last is None:
+            advice = (f"no checkpoint was saved yet, so the same command with a lower learning rate (e.g. "
+                      f"--config.train.base_lr={lower:g}) starts a new run in this workdir")
+        else:
+            advice = (f"the last good checkpoint is step {last} in {self.checkpointer.directory}. Training is "
+                      f"deterministic: the same command diverges again. Either continue from step {last} with a "
+                      f"lower learning rate (--config.train.base_lr={lower:g} --resume_with_changed=train.base_lr) "
+                      f"or start again in a new --workdir")
+        raise NonFiniteError(
+            f"training stopped: the loss or a gradient became NaN/inf at step {bad} (epoch "
+            f"{bad // self.steps_per_epoch + 1}); nothing after it was saved; {advice} (or check the data)."
+        )
+
+    def abort_message(self) -> str:
+        last = self.checkpointer.latest_step()
+        return (f"the checkpoint at step {last} in {self.checkpointer.directory} is intact; re-run to resume from it"
+                if last is not None else "no checkpoint was saved yet")
+
+
+# ----------------------------------------------------------------------------- reporting
+class IntervalReporter:
+    """The logging intervals of a run: collects each step's metrics; when an interval closes,
+    reduces it on the device and starts its copy to the host, and writes the previous interval
+    (whose values have arrived by then) to the metrics log and the progress bar. Reading an
+    interval one interval late never waits for the queue of steps to drain."""
+
+    def __init__(self, writer: MetricWriter, bar: ProgressBar, epochs: int, setup: TrainingSetup,
+                 stop_if_nonfinite: Callable[[int], None]):
+        self.writer, self.bar, self.epochs = writer, bar, epochs
+        self.stop_if_nonfinite = stop_if_nonfinite
+        self.records: list = []
+        self.in_flight: Optional[_PendingSummary] = None
+        self._densities = jax.jit(_densities) if setup.updater.method != "dense" else None
+
+    def add(self, metrics: dict) -> None:
+        self.records.append(metrics)
+
+    def close_interval(self, step: int, epoch: int, state: TrainState) -> None:
+        extra = self._densities(state.params, state.masks) if self._densities is not None else {}
+        self.flush()
+        self.in_flight = _start_summary(self.records, step, epoch, extra)
+        self.records = []
+
+    def flush(self) -> None:
+        """Writes the interval in flight, if any."""
+        summary, self.in_flight = self.in_flight, None
+        if summary is None:
+            return
+        values = {k: float(v) for k, v in jax.device_get(summary.values).items()}
+        self.stop_if_nonfinite(int(values.pop("nonfinite_step")))
+        self.writer.write(summary.step, "train", values)
+        self.bar.update(summary.step, summary.epoch, self.epochs,
+                        {k: values[k] for k in ("loss", "accuracy") if k in values})
+
+
+def _densities(params, masks) -> dict:
+    """``density``: the fraction of masked weights the masks keep; ``nonzero_fraction``: the
+    fraction that is nonzero (lower right after a mask update, since grown weights start at 0)."""
+    kept = [m for m in jax.tree.leaves(masks) if m is not None]
+    size = sum(m.size for m in kept)
+    density = sum(jnp.sum(m, dtype=jnp.float32) for m in kept) / size
+    return {"density": density, "nonzero_fraction": sparse.masked_density(params, masks)}
 
 
 # ----------------------------------------------------------------------------- the run
+def open_run(run_dir: RunDirectory, config, setup: TrainingSetup, data: RunData, placement: DataParallel,
+             allow_changed: Sequence[str] = ()) -> TrainState:
+    """The state to train from: the newest checkpoint that restores, or a new one. A new run
+    starts clean (an earlier run's outputs without a checkpoint are moved aside); ``config.json``
+    always describes the run that owns the checkpoints."""
+    primary = jax.process_index() == 0
+    checkpointer = run_dir.checkpointer
+    if checkpointer.latest_step() is None:
+        if primary:
+            moved = run_dir.move_stale_outputs()
+            if moved is not None:
+                log(f"this workdir held the outputs of a run that saved no checkpoint: moved to {moved}")
+            run_dir.write_config(config)
+        init = jax.jit(lambda key: create_train_state(setup, key, data.image_shape), out_shardings=placement.replicated)
+        log(f"new run in {run_dir.path}")
+        return init(jax.random.PRNGKey(config.seed))
+    abstract = abstract_train_state(setup, data.image_shape, placement.replicated)
+    state, meta = checkpointer.restore_newest(abstract, config, allow_changed=allow_changed)
+    step = int(meta["step"])
+    log(f"resuming {run_dir.path} from the checkpoint at step {step} (epoch {meta.get('epoch', '?')})")
+    if primary:
+        run_dir.truncate_metrics(step)
+        if not run_dir.config_matches(config):
+            run_dir.write_config(config)
+    return state
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir,
@@ -180,6 +321,7 @@ def train(
     setup: TrainingSetup,
     periodic_eval: Optional[Callable[[TrainingSetup, TrainState], dict]] = None,
     stop_at_step: Optional[int] = None,
+    allow_changed: Sequence[str] = (),
 ) -> Optional[TrainState]:
     """Trains (resuming from ``workdir`` if a checkpoint is there) and returns the final state.
 
@@ -187,142 +329,80 @@ def train(
     recomputed, and is saved. ``periodic_eval(setup, state)`` runs every
     ``config.train.eval_every_epochs`` epochs (not after the last one); its float results are
     logged as ``eval`` records. With ``stop_at_step`` the run saves a checkpoint at that global
-    step and returns ``None`` (a later call continues it).
+    step and returns ``None`` (a later call continues it). ``allow_changed``: config fields
+    (optimiser settings only, see :data:`~moon_jax.training.checkpoint.RESUMABLE_CHANGES`) that
+    may differ from the checkpoint's. The workdir is locked while the run trains (on process 0
+    of a multi-host job): a second run there is refused.
     """
-    workdir = Path(workdir)
+    run_dir = RunDirectory(workdir, config.train.checkpoints_to_keep)
     primary = jax.process_index() == 0
-    if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir.lock() if primary else contextlib.nullcontext()
+    with lock, run_dir:
+        return _train_locked(config, run_dir, data, setup, periodic_eval, stop_at_step, allow_changed)
+
+
+def _train_locked(config, run_dir: RunDirectory, data: RunData, setup: TrainingSetup, periodic_eval,
+                  stop_at_step: Optional[int], allow_changed: Sequence[str]) -> Optional[TrainState]:
+    primary = jax.process_index() == 0
     placement = DataParallel(setup.split.mesh)
-    checkpointer = Checkpointer(workdir, config.train.checkpoints_to_keep)
-    writer = MetricWriter(workdir, enabled=primary)
     schedule = setup.schedule
     spe, total = schedule.steps_per_epoch, schedule.total_steps
-
-    latest = checkpointer.latest_step()
-    if latest is None:
-        init = jax.jit(lambda key: create_train_state(setup, key, data.image_shape), out_shardings=placement.replicated)
-        state = init(jax.random.PRNGKey(config.seed))
-        if primary:
-            _write_config(workdir, config)
-        log(f"new run in {workdir}")
-    else:
-        state, meta = checkpointer.restore(abstract_train_state(setup, data.image_shape, placement.replicated), config)
-        log(f"resuming {workdir} from the checkpoint at step {latest} (epoch {meta.get('epoch', '?')})")
-        if primary:
-            _truncate_metrics_log(workdir, latest)
+    state = open_run(run_dir, config, setup, data, placement, allow_changed)
     _print_run_summary(config, data, setup, state)
 
     compiled = compile_steps(setup, placement)
-    density = jax.jit(sparse.masked_density)
-    params_finite = jax.jit(lambda params: jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])))
     train_data = training_batches(data, placement, config)
-
-    preempted = {"flag": False}
-
-    def on_sigterm(signum, frame):
-        preempted["flag"] = True
-
-    previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if _is_main_thread() else None
+    saver = CheckedSaver(run_dir, config, spe)
+    writer = MetricWriter(run_dir, enabled=primary)
+    bar = ProgressBar(total, int(state.step), enabled=config.train.progress_bar and primary)
+    reporter = IntervalReporter(writer, bar, schedule.epochs, setup, saver.stop_if_nonfinite)
     step = int(state.step)
-    bar = ProgressBar(total, step, enabled=config.train.progress_bar and primary)
-    records: list = []
-    in_flight: Optional[_PendingSummary] = None
     start_time = time.time()
-
-    def save(state, step):
-        bad = int(state.nonfinite_step)
-        if bad < 0 and not bool(params_finite(state.params)):
-            bad = step - 1  # a non-finite gradient at the last step, which no loss has shown yet
-        stop_if_nonfinite(bad)
-        checkpointer.save(step, state, config, {"epoch": step // spe, "steps_per_epoch": spe})
-
-    def stop_if_nonfinite(bad: int):
-        if bad >= 0:
-            checkpointer.wait_until_finished()
-            last = checkpointer.latest_step()
-            where = f"the last good checkpoint is step {last} in {checkpointer.directory}" if last is not None else "no checkpoint was saved yet"
-            raise NonFiniteError(
-                f"training stopped: the loss or a gradient became NaN/inf at step {bad} "
-                f"(epoch {bad // spe + 1}); nothing after it was saved and {where}. Lower "
-                f"config.train.base_lr (now {config.train.base_lr}) or check the data, then re-run the same "
-                f"command to resume from that checkpoint."
-            )
-
-    def report(summary: Optional[_PendingSummary]) -> None:
-        """Writes a finished interval's metrics (a host read of values already on their way)."""
-        if summary is None:
-            return
-        values = {k: float(v) for k, v in jax.device_get(summary.values).items()}
-        stop_if_nonfinite(int(values.pop("nonfinite_step")))
-        writer.write(summary.step, "train", values)
-        bar.update(summary.step, summary.epoch, schedule.epochs, {k: values[k] for k in ("loss", "accuracy") if k in values})
-
-    def end_interval(epoch: int) -> None:
-        """Closes a logging interval: reports the previous one, starts this one's summary."""
-        nonlocal records, in_flight
-        extra = {"density": density(state.params, state.masks)} if setup.updater.method != "dense" else {}
-        report(in_flight)
-        in_flight = _start_summary(records, step, epoch, extra)
-        records = []
-
-    def flush() -> None:
-        nonlocal in_flight
-        report(in_flight)
-        in_flight = None
-
     try:
-        while step < total:
-            epoch, first = divmod(step, spe)
-            indices = epoch_batch_indices(train_data.size, config.train.batch_size, config.seed, epoch)
-            for images, labels in train_data.epoch_batches(indices, first, epoch):
-                if setup.is_mask_update_step(step):
-                    state, metrics = compiled.mask_update(state, images, labels)
-                else:
-                    state, metrics = compiled.train(state, images, labels, take_snapshot=schedule.is_snapshot_step(step))
-                records.append(metrics)
-                step += 1
-                if step % config.train.log_every_steps == 0 or step == total or preempted["flag"]:
-                    end_interval(epoch)
-                stopping = preempted["flag"] or (stop_at_step is not None and step >= stop_at_step and step < total)
-                if stopping:
-                    flush()
-                    save(state, step)
-                    checkpointer.wait_until_finished()
-                    if preempted["flag"]:
-                        raise Preempted(
-                            f"SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
-                            "re-run the same command to resume"
-                        )
-                    log(f"stopped at step {step} (stop_at_step); re-run to continue")
-                    return None
-            epoch_done = step // spe
-            if step == total and setup.uses_averaging:
-                state = refresh_averaged_batch_stats(state, train_data, config.train.batch_size, config.seed, compiled.accumulate_batch_stats)
-            eval_every = config.train.eval_every_epochs
-            if periodic_eval is not None and eval_every and epoch_done % eval_every == 0 and step < total:
-                stop_if_nonfinite(int(state.nonfinite_step))
-                writer.write(step, "eval", periodic_eval(setup, state))
-            every = config.train.checkpoint_every_epochs
-            if step < total and every and epoch_done % every == 0:
-                save(state, step)
-        flush()
-        if checkpointer.latest_step() != step:
-            save(state, step)
-        checkpointer.wait_until_finished()
+        with StopRequests(saver.abort_message) as stops:
+            while step < total:
+                epoch, first = divmod(step, spe)
+                indices = epoch_batch_indices(train_data.size, config.train.batch_size, config.seed, epoch)
+                for images, labels in train_data.epoch_batches(indices, first, epoch):
+                    if setup.is_mask_update_step(step):
+                        state, metrics = compiled.mask_update(state, images, labels)
+                    else:
+                        state, metrics = compiled.train(state, images, labels, take_snapshot=schedule.is_snapshot_step(step))
+                    reporter.add(metrics)
+                    step += 1
+                    if step % config.train.log_every_steps == 0 or step == total or stops.requested:
+                        reporter.close_interval(step, epoch, state)
+                    if stops.requested or (stop_at_step is not None and stop_at_step <= step < total):
+                        reporter.flush()
+                        saver.save(state, step)
+                        saver.checkpointer.wait_until_finished()
+                        if stops.requested:
+                            name, code = stops.requested
+                            raise Preempted(f"{name}: saved a checkpoint at step {step} in "
+                                            f"{saver.checkpointer.directory}; re-run the same command to resume", code)
+                        log(f"stopped at step {step} (stop_at_step); re-run to continue")
+                        return None
+                epoch_done = step // spe
+                if step == total and setup.uses_averaging:
+                    state = refresh_averaged_batch_stats(state, train_data, config.train.batch_size, config.seed,
+                                                         compiled.accumulate_batch_stats)
+                eval_every = config.train.eval_every_epochs
+                if periodic_eval is not None and eval_every and epoch_done % eval_every == 0 and step < total:
+                    saver.stop_if_nonfinite(int(state.nonfinite_step))
+                    writer.write(step, "eval", periodic_eval(setup, state))
+                every = config.train.checkpoint_every_epochs
+                if step < total and every and epoch_done % every == 0:
+                    saver.save(state, step)
+            reporter.flush()
+            if saver.checkpointer.latest_step() != step:
+                saver.save(state, step)
+            saver.checkpointer.wait_until_finished()
     finally:
         bar.close()
         writer.close()
-        checkpointer.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
     log(f"training done: {total} steps in {time.time() - start_time:.1f} s (this session)")
     _check_average_support(state)
     return state
-
-
-def _is_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def _print_run_summary(config, data: RunData, setup: TrainingSetup, state: TrainState) -> None:

@@ -2,12 +2,13 @@
 (``metrics.jsonl``) and TensorBoard summaries (``tensorboardX``)."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Mapping, Optional
+
+from moon_jax.training.run_directory import RunDirectory, write_error
 
 
 def _format_duration(seconds: float) -> str:
@@ -84,15 +85,21 @@ class ProgressBar:
 
 
 class MetricWriter:
-    """Appends metrics as JSON lines to ``<workdir>/metrics.jsonl`` and writes them as TensorBoard
-    scalars to ``<workdir>/tensorboard`` (``tensorboardX``, a dependency of moon-jax)."""
+    """Appends metrics as JSON lines to the run directory's ``metrics.jsonl`` and writes them as
+    TensorBoard scalars to its ``tensorboard/`` (``tensorboardX``, a dependency of moon-jax).
 
-    def __init__(self, workdir, enabled: bool = True):
+    A failed write (a full disk, say) raises one
+    :class:`~moon_jax.training.run_directory.WriteError` and leaves no torn line; TensorBoard is
+    flushed with each record, so its failures surface here too rather than in a background
+    thread.
+    """
+
+    def __init__(self, run_dir, enabled: bool = True):
         self.enabled = enabled
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.run_dir = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
         self._tb = None
         if enabled:
-            self._tb = _tensorboard_writer(Path(workdir) / "tensorboard")
+            self._tb = _tensorboard_writer(self.run_dir.tensorboard_dir)
 
     def write(self, step: int, kind: str, values: Mapping[str, float]) -> None:
         """Records ``values`` (floats) of a ``kind`` (``train``, ``eval``, ...) at ``step``."""
@@ -100,16 +107,23 @@ class MetricWriter:
             return
         record = {"step": int(step), "kind": kind, "time": round(time.time(), 3)}
         record.update({k: float(v) for k, v in values.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.run_dir.append_metrics(record)
         if self._tb is not None:
-            for key, value in values.items():
-                self._tb.add_scalar(f"{kind}/{key}", float(value), int(step))
+            try:
+                for key, value in values.items():
+                    self._tb.add_scalar(f"{kind}/{key}", float(value), int(step))
+                self._tb.flush()
+            except OSError as err:
+                raise write_error(self.run_dir.tensorboard_dir, err) from None
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
+            tb, self._tb = self._tb, None
+            try:
+                tb.flush()
+                tb.close()
+            except OSError as err:
+                raise write_error(self.run_dir.tensorboard_dir, err) from None
 
 
 def _tensorboard_writer(directory: Path):
@@ -121,13 +135,13 @@ def _tensorboard_writer(directory: Path):
         warnings.warn(f"TensorBoard summaries are off: tensorboardX cannot be imported ({err}); "
                       f"`pip install tensorboardX` (metrics.jsonl is still written)")
         return None
-    return SummaryWriter(str(directory))
+    try:
+        return SummaryWriter(str(directory))
+    except OSError as err:
+        raise write_error(directory, err) from None
 
 
 def read_metrics(workdir, kind: Optional[str] = None) -> list[dict]:
-    """The records of ``<workdir>/metrics.jsonl`` (of one ``kind`` if given)."""
-    path = Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r.get("kind") == kind]
+    """The records of ``<workdir>/metrics.jsonl`` (of one ``kind`` if given); a torn line is
+    skipped with a warning."""
+    return RunDirectory(workdir).read_metrics(kind)

@@ -1,0 +1,33 @@
+"""What the programs (train.py, eval.py, reproduce.py, benchmarks, notebooks) share, one job a
+module: ``cli`` (flags, one-line errors and exit statuses, the default workdir), ``runtime``
+(multi-host initialisation, the compilation cache) and ``run`` (``train_and_evaluate``).
+
+This is program level: it imports ``moon_jax.training`` and ``moon_jax.evaluation``, and no
+package of moon_jax imports it. ``run`` (and with it JAX and the evaluation package) is loaded
+only when ``train_and_evaluate`` is first used, so that flag errors answer at once.
+"""
+from moon_jax.programs.cli import (
+    DIVERGED,
+    INTERRUPTED,
+    USER_ERROR,
+    config_file_problem,
+    config_path_argument,
+    default_workdir,
+    define_config_flag,
+    load_config_file,
+    parse_flags,
+    prepare_config,
+    quiet_library_logs,
+    run_program,
+)
+from moon_jax.programs.runtime import compilation_cache_dir, enable_compilation_cache, initialize_distributed
+
+
+
+
+def __getattr__(name):
+    if name == "train_and_evaluate":
+        from moon_jax.programs.run import train_and_evaluate
+
+        return train_and_evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,48 +8,7 @@ Re-running the same command continues from the newest checkpoint. At the end the
 is printed and written to <workdir>/eval.json with its plots; `python eval.py --workdir ...`
 recomputes it. Ctrl-C or SIGTERM saves a checkpoint and stops (a second Ctrl-C aborts at once).
 """
-import os
-import sys
-
-from absl import app, flags
-
-from moon_jax.programs import (default_workdir, define_config_flag, enable_compilation_cache, initialize_distributed,
-                               load_config_file, parse_flags, prepare_config, quiet_library_logs, run_program,
-                               train_and_evaluate)
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-FLAGS = flags.FLAGS
-define_config_flag(os.path.join(_HERE, "configs", "default.py"))
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results (default: runs/<config name>).")
-flags.DEFINE_bool(
-    "multihost", False,
-    "Call jax.distributed.initialize() first (TPU pods, multi-node GPU); also set by the "
-    "environment variable MOON_JAX_MULTIHOST=1.",
-)
-flags.DEFINE_integer(
-    "stop_at_step", None,
-    "Save a checkpoint and stop once this global step is reached (for time-limited sessions); "
-    "re-run to continue.",
-)
-flags.DEFINE_list(
-    "resume_with_changed", [],
-    "Config fields that may differ from the checkpoint's when resuming: optimiser settings only "
-    "(train.base_lr, train.lr_ini, train.lr_end, train.weight_decay, train.momentum), e.g. to "
-    "continue with a lower learning rate after a divergence.",
-)
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_library_logs()
-    initialize_distributed(FLAGS.multihost)
-    enable_compilation_cache()
-    config_path = FLAGS["config"].config_filename
-    config = prepare_config(FLAGS.config, sys.argv, load_config_file(config_path).train.epochs)
-    workdir = FLAGS.workdir or default_workdir(config_path)
-    train_and_evaluate(config, workdir, stop_at_step=FLAGS.stop_at_step, allow_changed=FLAGS.resume_with_changed)
-
+from moon_jax.programs.train_main import run
 
 if __name__ == "__main__":
-    run_program(lambda: app.run(main, flags_parser=parse_flags))
+    run()

@@ -9,7 +9,8 @@ import optax
 
 from moon_jax.data.augment import augment_batch, normalize
 from moon_jax.models import create_model
-from moon_jax.training import DataParallel, TrainingSetup, base_config, compile_steps, create_train_state, create_training_setup
+from moon_jax.devices import DataParallel
+from moon_jax.training import TrainingSetup, base_config, compile_steps, create_train_state, create_training_setup
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGE_SHAPE = (32, 32, 3)

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from moon_jax import sparse
-from moon_jax.training import DataParallel, base_config, compile_steps, create_train_state, create_training_setup
+from moon_jax.devices import DataParallel
+from moon_jax.training import base_config, compile_steps, create_train_state, create_training_setup
 
 MODELS = {
     # name: (input shape, number of classes, sparsity)

@@ -25,7 +25,8 @@ import functools
 import jax
 
 from common import CIFAR_MEAN, CIFAR_STD, IMAGE_SHAPE, library_config, plain_dense_step, synthetic_batch
-from moon_jax.training import DataParallel, compile_steps, create_train_state, create_training_setup
+from moon_jax.devices import DataParallel
+from moon_jax.training import compile_steps, create_train_state, create_training_setup
 
 
 def cost(compiled) -> tuple[float, float]:

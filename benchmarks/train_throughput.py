@@ -39,7 +39,8 @@ import jax
 import numpy as np
 
 from common import METHODS, library_config, library_steps, plain_dense_step, synthetic_batch
-from moon_jax.training import DataParallel, build_run, train
+from moon_jax.devices import DataParallel
+from moon_jax.training import build_run, train
 
 
 def timed_window(run_steps) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import REPO
 
 PACKAGE = REPO / "moon_jax"
-LEAVES = {"sparse", "moon", "models", "data", "metrics"}
+LEAVES = {"sparse", "moon", "models", "data", "metrics", "devices"}
 PROGRAM_LEVEL = {"programs", "reproduction"}  # modules of moon_jax that only programs import
 
 
@@ -46,6 +46,18 @@ def test_imports_run_one_way():
     assert not mutual, f"packages that import each other: {mutual}"
     # the scan sees the layering it checks
     assert ("evaluation", "training") in edges and ("training", "sparse") in edges
+    assert ("evaluation", "devices") in edges and ("training", "devices") in edges
+
+
+def test_device_placement_sits_below_training_and_evaluation():
+    """``devices`` serves both; neither reaches it through the other."""
+    importers = set()
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if "moon_jax.training.devices" in text:
+            importers.add(str(path.relative_to(PACKAGE)))
+    assert not importers, f"modules that import devices through training: {sorted(importers)}"
+    assert not (PACKAGE / "training" / "devices.py").exists()
 
 
 def test_training_package_loads_without_evaluation():

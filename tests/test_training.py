@@ -8,7 +8,7 @@ import pytest
 from conftest import CONFIG_NAMES, load_config, tiny_digits_config
 from moon_jax.programs import train_and_evaluate
 from moon_jax.training import Checkpointer, abstract_train_state, build_run, compile_steps, create_train_state
-from moon_jax.training.devices import DataParallel
+from moon_jax.devices import DataParallel
 
 
 def restore_final(config, workdir):

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import jax
 import ml_collections
 
+from moon_jax.devices import DataParallel
 from moon_jax.evaluation import postprocessors as pp
 from moon_jax.evaluation.evaluate import format_results
 from moon_jax.evaluation.plots import write_plots
@@ -15,7 +16,6 @@ from moon_jax.evaluation.runner import evaluate_state
 from moon_jax.training import (
     CheckpointError,
     ConfigError,
-    DataParallel,
     abstract_train_state,
     build_run,
     describe_method,

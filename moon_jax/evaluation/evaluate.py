@@ -36,7 +36,7 @@ from moon_jax.metrics import (
     temperature_scaling,
 )
 from moon_jax.moon import scores as score_lib
-from moon_jax.training.devices import on_devices
+from moon_jax.devices import on_devices
 
 #: Version of the eval.json layout; ``eval.py --compare`` re-evaluates older files.
 #: 2: + ``ood_groups``, ``ood_group_members``, ``temperature_scaling``, ``score_settings``,

@@ -22,13 +22,12 @@ from moon_jax.training import (
     RunData,
     TrainingSetup,
     TrainState,
-    batched_device_function,
     compile_steps,
     describe_method,
     refresh_averaged_batch_stats,
     training_batches,
 )
-from moon_jax.training.devices import DataParallel
+from moon_jax.devices import DataParallel, batched_device_function
 from moon_jax.training.steps import model_outputs
 
 

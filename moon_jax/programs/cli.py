@@ -32,6 +32,31 @@ def quiet_library_logs() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
+def bundled_configs_dir() -> str:
+    """Where the repository's ``configs/`` are: beside the package in a checkout (or an editable
+    install), else where a wheel installs them (``<prefix>/share/moon-jax/configs``)."""
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+    if os.path.isdir(checkout):
+        return checkout
+    return os.path.join(sys.prefix, "share", "moon-jax", "configs")
+
+
+def bundled_config(name: str) -> str:
+    """The path of the bundled config file ``name`` (e.g. ``default.py``)."""
+    return os.path.join(bundled_configs_dir(), name)
+
+
+def find_config_file(path: str) -> str:
+    """``path`` (``file.py[:argument]``) when it exists, else the bundled config of that file name
+    when there is one (``--config configs/cifar10_cpu.py`` works outside the repository), else
+    ``path`` unchanged (and :func:`config_file_problem` says what is wrong)."""
+    file, sep, argument = path.partition(":")
+    if not file or os.path.isfile(file):
+        return path
+    bundled = bundled_config(os.path.basename(file))
+    return bundled + sep + argument if os.path.isfile(bundled) else path
+
+
 def default_workdir(config_path: str) -> str:
     """``runs/<config file name>`` for a config file path (``runs/default`` for the default)."""
     name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
@@ -46,6 +71,8 @@ def define_config_flag(default_path: str) -> None:
     """
     path = config_path_argument(sys.argv)
     if path is not None:
+        path = find_config_file(path)
+        set_config_path_argument(sys.argv, path)
         problem = config_file_problem(path)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
@@ -77,6 +104,15 @@ def _load_module(file: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def set_config_path_argument(argv: list[str], path: str) -> None:
+    """Rewrites the ``--config`` value in ``argv`` (in place) to ``path``."""
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("--config="):
+            argv[i] = f"--config={path}"
+        elif arg == "--config" and i + 1 < len(argv):
+            argv[i + 1] = path
 
 
 def load_config_file(path: str):

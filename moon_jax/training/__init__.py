@@ -1,5 +1,6 @@
 """Training: the config and its validation, what the config builds (setup), the state and the
-jitted steps, device placement, the resumable loop, checkpoints, progress reporting.
+jitted steps, the resumable loop, the run directory and its checkpoints, progress reporting
+(device placement is :mod:`moon_jax.devices`, below this package and evaluation).
 
 Imports only the method and leaf packages (``sparse``, ``moon``, ``models``, ``data``); periodic
 and final evaluation come from the caller (``moon_jax.programs.train_and_evaluate``).
@@ -7,7 +8,6 @@ and final evaluation come from the caller (``moon_jax.programs.train_and_evaluat
 from moon_jax.training.checkpoint import CheckpointError, Checkpointer
 from moon_jax.training.config import ConfigError, base_config, describe_method, scaled_reference_recipe, validate_config
 from moon_jax.training.input_pipeline import RunData, load_run_data
-from moon_jax.training.devices import DataParallel, batched_device_function, on_devices, to_global
 from moon_jax.training.loop import (
     NonFiniteError,
     Preempted,

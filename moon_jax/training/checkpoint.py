@@ -113,6 +113,7 @@ class Checkpointer:
     def __init__(self, workdir, max_to_keep: int = 2):
         self.directory = Path(workdir).absolute() / CHECKPOINTS
         self._pending = None
+        self._reported_damaged: set[int] = set()
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -202,7 +203,9 @@ class Checkpointer:
                 damaged.append((step, str(err)))
                 continue
             for bad_step, why in damaged:
-                warn(f"{why}; using the checkpoint at step {step} instead (step {bad_step} is kept on disk)")
+                if bad_step not in self._reported_damaged:
+                    warn(f"{why}; using the checkpoint at step {step} instead (step {bad_step} is kept on disk)")
+                    self._reported_damaged.add(bad_step)
             return step, result
         raise CheckpointError(
             f"no checkpoint in {self.directory} can be read (steps {', '.join(str(s) for s, _ in damaged)}; "

@@ -18,7 +18,7 @@ import numpy as np
 
 from moon_jax import data as data_lib
 from moon_jax.data import ImageDataset
-from moon_jax.training.devices import to_global
+from moon_jax.devices import to_global
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -35,7 +35,7 @@ from moon_jax import moon, sparse
 from moon_jax.data import ImageDataset, epoch_batch_indices
 from moon_jax.training import steps
 from moon_jax.training.config import describe_method, validate_config
-from moon_jax.training.devices import DataParallel
+from moon_jax.devices import DataParallel
 from moon_jax.training.input_pipeline import DeviceDataset, HostStreamDataset, RunData, load_run_data
 from moon_jax.training.reporting import MetricWriter, ProgressBar
 from moon_jax.training.run_directory import RunDirectory

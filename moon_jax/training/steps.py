@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec
 from moon_jax import moon, sparse
 from moon_jax.data.augment import mixup_batch
 from moon_jax.models import BN_MOMENTUM
-from moon_jax.training.devices import DATA_AXIS
+from moon_jax.devices import DATA_AXIS
 from moon_jax.training.setup import TrainingSetup
 from moon_jax.training.state import TrainState
 

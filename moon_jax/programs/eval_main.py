@@ -1,0 +1,121 @@
+"""The ``eval.py`` program (also installed as ``moon-jax-eval``): its flags and ``main``.
+
+Evaluate the model saved in a training workdir: ACC, calibration (ECE, NLL, Brier, temperature
+scaling), OOD detection per set and per near/far group with every score, and plots.
+
+    python eval.py --workdir runs/default
+    python eval.py --workdir runs/c10 --ood=tin_resize,mnist --scores=moon_msp,energy,knn
+    python eval.py --compare runs/dense runs/rigl runs/moon_rigl --output=reports/
+
+The run's config is read from its checkpoint. The weight-averaged model is evaluated when the run
+has one (MOON), else the last iterate. Prints Markdown tables and writes <workdir>/eval.json (or
+--output) with reliability.png, roc.png, score_hist.png, layer_density.png and
+training_curves.png next to it (--noplots skips them).
+
+--compare DIR1 DIR2 ...: one table across runs, printed and written to <--output or the current
+directory>/report.md with every run's plots. A workdir's eval.json is reused when this version
+wrote it for the latest checkpoint (and its plots exist); otherwise the workdir is evaluated.
+"""
+from absl import app, flags
+
+from moon_jax import data
+from moon_jax.evaluation.checkpoint_eval import evaluate_workdir
+from moon_jax.evaluation.compare import compare_workdirs
+from moon_jax.evaluation.postprocessors import ALL_SCORES
+from moon_jax.programs.cli import parse_flags, quiet_library_logs, run_program
+from moon_jax.programs.runtime import enable_compilation_cache, initialize_distributed
+from moon_jax.training.config import ConfigError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+flags.DEFINE_boolean("compare", False, "Compare the workdirs given as arguments: one table, and report.md.")
+flags.DEFINE_list(
+    "ood", None,
+    "OOD sets to evaluate (default: the run's config.data.ood_datasets): registered names, or paths to a folder of "
+    "images, an image list (.txt) or a packed .npz, reported under the folder / file name.",
+)
+flags.DEFINE_list(
+    "scores", None,
+    "OOD scores, the first one primary (default: every score that applies, moon_msp first for K+1 models, msp "
+    "otherwise). Allowed: moon_msp, msp, known_probability, max_logit, energy, odin, mahalanobis, knn, react.",
+)
+flags.DEFINE_string("data_dir", None, "Where the datasets are (default: the run's config / MOON_JAX_DATA_DIR).")
+flags.DEFINE_integer("batch_size", None, "Evaluation batch size (default: the run's config.train.eval_batch_size).")
+flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+flags.DEFINE_string(
+    "output", None,
+    "JSON output path, plots go next to it (default: <workdir>/eval.json); with --compare, the directory of "
+    "report.md (default: the current directory).",
+)
+flags.DEFINE_boolean("multihost", False, "Call jax.distributed.initialize() first (also MOON_JAX_MULTIHOST=1).")
+flags.DEFINE_boolean("plots", True, "Write the PNG plots (--noplots skips them).")
+flags.DEFINE_integer(
+    "train_features", 10000,
+    "At most this many ID training images (fixed random subset) give the statistics of mahalanobis, knn, react.",
+)
+
+
+def _check_scores(names):
+    """Unknown score names stop eval.py with one line (exit status 2) before anything loads."""
+
+    bad = [n for n in names or () if n not in ALL_SCORES]
+    if bad:
+        raise ConfigError(f"--scores: unknown score(s) {', '.join(bad)}; allowed: {', '.join(ALL_SCORES)}")
+
+
+def _check_ood(names):
+    """Unknown OOD names and bad OOD paths stop eval.py with one line (exit status 2) before the
+    checkpoint loads."""
+
+    for name in names or ():
+        if name in data.available_datasets() or name.startswith("tfds:"):
+            continue
+        if not data.names_a_path(name):
+            raise ConfigError(
+                f"--ood: unknown OOD set {name!r}; allowed: {', '.join(data.available_datasets())}, 'tfds:<name>', "
+                f"or a path to a folder of images, an image list (.txt) or a packed .npz")
+        try:
+            data.check_dataset_path(name, "ood")
+        except (data.DatasetNotFoundError, data.DatasetFormatError) as err:
+            raise ConfigError(f"--ood: {err}") from None
+
+
+def main(argv):
+    quiet_library_logs()
+    _check_scores(FLAGS.scores)
+    _check_ood(FLAGS.ood)
+    initialize_distributed(FLAGS.multihost)
+    enable_compilation_cache()
+    if FLAGS.compare:
+        workdirs = argv[1:]
+        if not workdirs:
+            raise app.UsageError("--compare needs workdirs: eval.py --compare DIR1 DIR2 ...")
+        if FLAGS.workdir or FLAGS.step is not None:
+            raise app.UsageError("--compare takes workdirs as arguments; --workdir and --step do not apply")
+        table, report, _ = compare_workdirs(
+            workdirs, output_dir=FLAGS.output, plots=FLAGS.plots, ood=FLAGS.ood, scores=FLAGS.scores,
+            data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size, train_examples=FLAGS.train_features,
+        )
+        print(table)
+        print(f"\nreport written to {report}")
+        return
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (to compare runs, add --compare)")
+    if not FLAGS.workdir:
+        raise app.UsageError("pass --workdir=<a train.py workdir>, or --compare DIR1 DIR2 ...")
+    evaluate_workdir(
+        FLAGS.workdir,
+        ood=FLAGS.ood,
+        scores=FLAGS.scores,
+        data_dir=FLAGS.data_dir,
+        batch_size=FLAGS.batch_size,
+        step=FLAGS.step,
+        output=FLAGS.output,
+        plots=FLAGS.plots,
+        train_examples=FLAGS.train_features,
+    )
+
+
+def run() -> None:
+    """The ``eval.py`` / ``moon-jax-eval`` command."""
+    run_program(lambda: app.run(main, flags_parser=parse_flags))

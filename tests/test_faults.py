@@ -367,3 +367,12 @@ def test_a_relative_dataset_path_is_stored_resolved(tmp_path, monkeypatch):
     config.data.ood_datasets = ("./my_ood", "digits_photos")
     prepare_config(config, [], file_epochs=config.train.epochs, say=lambda _: None)
     assert config.data.ood_datasets == (str(tmp_path / "my_ood"), "digits_photos")
+
+
+def test_a_users_ood_set_is_far_unless_named_near():
+    from moon_jax.metrics import ood_groups
+    from moon_jax.training.input_pipeline import ood_display_names
+
+    labels = ood_display_names(["near:/data/my_cifar_like", "/data/my_noise", "mnist", "far:tin_resize"])
+    assert labels == ["near:my_cifar_like", "my_noise", "mnist", "far:tin_resize"]
+    assert ood_groups(labels) == {"near": ["near:my_cifar_like"], "far": ["my_noise", "mnist", "far:tin_resize"]}

@@ -176,7 +176,7 @@ def plot_training_curves(path, records: Sequence[Mapping], title: str = "") -> P
         ("loss", [("train", "loss", "train loss"), ("eval", "nll", "test NLL")], None),
         ("accuracy", [("train", "accuracy", "train"), ("eval", "acc", "test")], (0, 1.02)),
         ("MOON alpha", [("train", "alpha", "alpha")], None),
-        ("density", [("train", "density", "masked layers")], None),
+        ("density", [("train", "density", "mask"), ("train", "nonzero_fraction", "nonzero weights")], None),
     ]
     for i, (label, curves, ylim) in enumerate(panels):
         ax = figure.add_subplot(2, 2, i + 1)

@@ -14,7 +14,7 @@ Hendrycks & Gimpel 2017).  All numbers are fractions in [0, 1], not x100.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from sklearn import metrics as skm
@@ -27,6 +27,8 @@ __all__ = [
     "group_means",
     "NEAR_OOD_SETS",
     "ood_group",
+    "split_group_prefix",
+    "GROUP_PREFIXES",
     "ood_groups",
 ]
 
@@ -193,8 +195,26 @@ def group_means(
     return out
 
 
+#: A user's own OOD set is far-OOD unless its name says otherwise: ``near:<name or path>`` (or
+#: ``far:...``, to be explicit) puts it in that group, and the prefix stays in its display name so
+#: that every table shows the grouping.
+GROUP_PREFIXES = ("near:", "far:")
+
+
+def split_group_prefix(name: str) -> tuple[Optional[str], str]:
+    """``('near' | 'far' | None, the name without the prefix)`` (:data:`GROUP_PREFIXES`)."""
+    for prefix in GROUP_PREFIXES:
+        if name.startswith(prefix):
+            return prefix[:-1], name[len(prefix):]
+    return None, name
+
+
 def ood_group(name: str) -> str:
-    """``'near'`` or ``'far'``: the OpenOOD group of the OOD set ``name`` (:data:`NEAR_OOD_SETS`)."""
+    """``'near'`` or ``'far'``: the group a ``near:`` / ``far:`` prefix gives, else the OpenOOD
+    group of the OOD set ``name`` (:data:`NEAR_OOD_SETS`)."""
+    group, name = split_group_prefix(name)
+    if group is not None:
+        return group
     base = name[len("tfds:"):] if name.startswith("tfds:") else name
     return "near" if base in NEAR_OOD_SETS else "far"
 

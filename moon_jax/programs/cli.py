@@ -14,6 +14,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from moon_jax.data import DatasetFormatError, DatasetNotFoundError, resolve_dataset_path
+from moon_jax.metrics import split_group_prefix
 from moon_jax.training import CheckpointError, ConfigError, NonFiniteError, Preempted
 from moon_jax.training.config import scale_phases_to_epochs
 from moon_jax.training.run_directory import WorkdirBusyError, WriteError
@@ -185,8 +186,13 @@ def prepare_config(config, argv: Iterable[str], file_epochs: int, say: Callable[
                     + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in scaled.items())
                     + "); give any of them explicitly to keep its value")
         config.data.dataset = resolve_dataset_path(config.data.dataset)
-        config.data.ood_datasets = tuple(resolve_dataset_path(name) for name in config.data.ood_datasets)
+        config.data.ood_datasets = tuple(_resolve_ood_name(name) for name in config.data.ood_datasets)
     return config
+
+
+def _resolve_ood_name(name: str) -> str:
+    group, rest = split_group_prefix(name)
+    return f"{group}:{resolve_dataset_path(rest)}" if group else resolve_dataset_path(name)
 
 
 def run_program(main: Callable[[], None]) -> None:

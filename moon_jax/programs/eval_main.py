@@ -22,6 +22,7 @@ from moon_jax import data
 from moon_jax.evaluation.checkpoint_eval import evaluate_workdir
 from moon_jax.evaluation.compare import compare_workdirs
 from moon_jax.evaluation.postprocessors import ALL_SCORES
+from moon_jax.metrics import split_group_prefix
 from moon_jax.programs.cli import parse_flags, quiet_library_logs, run_program
 from moon_jax.programs.runtime import enable_compilation_cache, initialize_distributed
 from moon_jax.training.config import ConfigError
@@ -32,7 +33,8 @@ flags.DEFINE_boolean("compare", False, "Compare the workdirs given as arguments:
 flags.DEFINE_list(
     "ood", None,
     "OOD sets to evaluate (default: the run's config.data.ood_datasets): registered names, or paths to a folder of "
-    "images, an image list (.txt) or a packed .npz, reported under the folder / file name.",
+    "images, an image list (.txt) or a packed .npz, reported under the folder / file name; a path is far-OOD "
+    "unless written near:<path>.",
 )
 flags.DEFINE_list(
     "scores", None,
@@ -68,6 +70,7 @@ def _check_ood(names):
     checkpoint loads."""
 
     for name in names or ():
+        name = split_group_prefix(name)[1]
         if name in data.available_datasets() or name.startswith("tfds:"):
             continue
         if not data.names_a_path(name):

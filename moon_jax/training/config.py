@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from moon_jax.data.augment import AUGMENTATIONS
+from moon_jax.metrics import split_group_prefix
 from moon_jax.models import MODEL_NAMES
 from moon_jax.moon.averaging import TRIGGERS
 from moon_jax.moon.loss import ALPHA_TUNINGS, WEIGHTINGS
@@ -317,7 +318,7 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     if not isinstance(config.data.ood_datasets, (tuple, list)):
         raise _fail("data.ood_datasets", config.data.ood_datasets, "must be a tuple of dataset names")
     for name in config.data.ood_datasets:
-        check_dataset("data.ood_datasets", name, "ood")
+        check_dataset("data.ood_datasets", split_group_prefix(name)[1] if isinstance(name, str) else name, "ood")
     _check_positive_int(config, "data.image_size", allow_zero=True)
     dataset_is_path = names_a_path(config.data.dataset)
     if dataset_is_path and config.data.source != "auto":

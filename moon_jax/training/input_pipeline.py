@@ -19,6 +19,7 @@ import numpy as np
 from moon_jax import data as data_lib
 from moon_jax.data import ImageDataset
 from moon_jax.devices import to_global
+from moon_jax.metrics import split_group_prefix
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -98,10 +99,12 @@ def load_id_data(config):
 def ood_display_names(names) -> list[str]:
     """The name each OOD set is reported under: registered names as given, a path as its folder /
     file name (:func:`moon_jax.data.path_dataset_name`), with ``_2``, ``_3``, ... appended when
-    two paths end in the same name."""
+    two paths end in the same name; a ``near:`` / ``far:`` group prefix is kept in front."""
     out: list[str] = []
     for name in names:
+        group, name = split_group_prefix(name)
         label = data_lib.path_dataset_name(name) if data_lib.source_kind(name) == "path" else name
+        label = f"{group}:{label}" if group else label
         base, n = label, 1
         while label in out:
             n += 1
@@ -116,6 +119,7 @@ def load_ood_data(config, image_shape) -> dict[str, ImageDataset]:
     out = {}
     names = config.data.ood_datasets
     for label, name in zip(ood_display_names(names), names):
+        name = split_group_prefix(name)[1]
         out[label] = data_lib.load_dataset(
             name,
             "test",

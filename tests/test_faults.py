@@ -376,3 +376,16 @@ def test_a_users_ood_set_is_far_unless_named_near():
     labels = ood_display_names(["near:/data/my_cifar_like", "/data/my_noise", "mnist", "far:tin_resize"])
     assert labels == ["near:my_cifar_like", "my_noise", "mnist", "far:tin_resize"]
     assert ood_groups(labels) == {"near": ["near:my_cifar_like"], "far": ["my_noise", "mnist", "far:tin_resize"]}
+
+
+def test_divergence_advice_without_a_checkpoint_says_what_works(tmp_path):
+    from moon_jax.training.loop import CheckedSaver, NonFiniteError
+
+    with RunDirectory(tmp_path) as run_dir:
+        saver = CheckedSaver(run_dir, tiny_digits_config(), steps_per_epoch=10)
+        with pytest.raises(NonFiniteError) as err:
+            saver.stop_if_nonfinite(5)
+    message = str(err.value)
+    assert "at step 5 (epoch 1)" in message and "no checkpoint was saved yet" in message
+    assert "--config.train.base_lr=0.05" in message and "starts a new run in this workdir" in message
+    assert "resume" not in message

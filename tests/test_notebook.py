@@ -22,3 +22,18 @@ def test_colab_notebook_executes_on_cpu(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "eval.json").exists()
     images = [out for cell in notebook.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert len(images) >= 4  # reliability, ROC, score histograms, layer density, training curves
+
+
+def test_colab_install_cell_names_what_to_upload_when_nothing_is_there(tmp_path, monkeypatch):
+    import importlib.util
+
+    notebook = nbformat.read(REPO / "notebooks" / "colab_tpu.ipynb", as_version=4)
+    settings, install = [c.source for c in notebook.cells if c.cell_type == "code"][:2]
+    assert "MOON_JAX_SOURCE" in settings and "pip" in install
+    monkeypatch.setenv("MOON_JAX_SOURCE", str(tmp_path / "no_checkout"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "moon_jax" else real_find_spec(name, *a))
+    namespace = {}
+    exec(settings, namespace)
+    with pytest.raises(SystemExit, match=r"^error: moon-jax is not installed and neither a checkout .*no_checkout"):
+        exec(install, namespace)

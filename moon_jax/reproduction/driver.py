@@ -23,7 +23,8 @@ class Request(NamedTuple):
 
     Attributes:
       config: the train.py config file of every run.
-      methods: method names, in the report's order; ``method_seeds`` gives some their own seeds.
+      methods: method names, in the report's order.
+      method_seeds: the seeds of the methods given their own (``ablations@0``).
       seeds: the seeds of the other methods.
       root: the parent of the run workdirs.
       output: the Markdown report's path.
@@ -83,7 +84,9 @@ def device_description() -> str:
     return device + (f", {os.cpu_count()} CPU cores: {cpu_model()})" if devices[0].platform == "cpu" else ")")
 
 
-def train_runs(specs: Sequence[RunSpec], parallel: int, eval_only: bool, log: Callable[[str], None] = print) -> list[RunOutcome]:
+def train_runs(
+    specs: Sequence[RunSpec], parallel: int, eval_only: bool, log: Callable[[str], None] = print
+) -> list[RunOutcome]:
     """Trains every run not yet complete (none with ``eval_only``); a skipped run's outcome is
     exit status 0 in 0 s."""
     if eval_only:

@@ -26,7 +26,9 @@ def display_command(spec: RunSpec) -> str:
     return shlex.join(["python", os.path.relpath(script), *args])
 
 
-def summary_table(stats: Stats, methods: Sequence[str], sparsity: float, scores: Optional[Mapping[str, str]] = None) -> str:
+def summary_table(
+    stats: Stats, methods: Sequence[str], sparsity: float, scores: Optional[Mapping[str, str]] = None
+) -> str:
     """Markdown: one row per method (mean ± std over seeds): training accuracy, ACC / ECE / NLL,
     the primary score's mean AUROC / FPR95 over the non-noise OOD sets, its noise-set AUROC, the
     same means for energy, and the wall time per run in minutes."""

@@ -32,8 +32,8 @@ Data: the packed CIFAR-10 in ../shared/data (JPEG quality about 75; or MOON_JAX_
 Tiny ImageNet (resize), MNIST, the Textures subset (the headline mean), Gaussian and uniform noise
 (a separate column).
 
-    python benchmarks/reproduce.py --config=configs/cifar10_cpu.py --methods=paper --seeds=0,1,2 \\
-        --root=runs/repro_cpu --output=docs/REPRODUCTION_CPU.md --no-plots
+    python reproduce.py --config=configs/cifar10_cpu.py --methods=paper --seeds=0,1,2 \\
+        --root=runs/repro_cpu --output=docs/REPRODUCTION_CPU.md --noplots
 """
 from moon_jax.training.config import scaled_reference_recipe
 

@@ -22,8 +22,8 @@ hyper-parameter was tuned on the report's OOD sets.
 Data: the packed CIFAR-10 in ../shared/data (or MOON_JAX_DATA_DIR). OOD: Tiny ImageNet (resize),
 MNIST, the Textures subset (the headline mean), Gaussian and uniform noise (a separate column).
 
-    python benchmarks/reproduce.py --config=configs/cifar10_cpu_large.py --methods=rigl,moon_rigl \\
-        --seeds=0,1,2 --root=runs/repro_cpu_large --output=docs/REPRODUCTION_CPU_LARGE.md --no-plots
+    python reproduce.py --config=configs/cifar10_cpu_large.py --methods=rigl,moon_rigl \\
+        --seeds=0,1,2 --root=runs/repro_cpu_large --output=docs/REPRODUCTION_CPU_LARGE.md --noplots
 """
 from moon_jax.training.config import scaled_reference_recipe
 

@@ -8,7 +8,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "moon_jax"
 LEAVES = {"sparse", "moon", "models", "data", "metrics", "devices"}
-PROGRAM_LEVEL = {"programs", "reproduction"}  # modules of moon_jax that only programs import
+PROGRAM_LEVEL = {"programs", "reproduction"}  # parts of moon_jax that only programs import
 
 
 def package_imports() -> set[tuple[str, str]]:
@@ -60,6 +60,20 @@ def test_device_placement_sits_below_training_and_evaluation():
     assert not (PACKAGE / "training" / "devices.py").exists()
 
 
+def test_the_reproduction_package_is_the_top_of_the_library():
+    """moon_jax.reproduction (reproduce.py's driver) sits above everything else: no other part of
+    moon_jax imports it, and it imports from moon_jax only what is below it -- programs (the
+    programs' shared helpers), training, evaluation and the leaf packages."""
+    edges = package_imports()
+    importers = sorted(a for a, b in edges if b == "reproduction")
+    assert not importers, f"parts of moon_jax that import the reproduction driver: {importers}"
+    imported = {b for a, b in edges if a == "reproduction"}
+    above = sorted(imported - {"programs", "training", "evaluation", *LEAVES})
+    assert not above, f"the reproduction package imports {above}, which is not below it"
+    # the scan sees the package's imports (its modules import one another and the layers below)
+    assert {"training", "evaluation"} <= imported
+
+
 def test_training_package_loads_without_evaluation():
     import subprocess
     import sys
@@ -76,7 +90,7 @@ GENERATED = re.compile(r"^(runs/|docs/REPRODUCTION[A-Z_]*\.md$)")
 
 def test_cited_files_exist():
     sources = [*PACKAGE.rglob("*.py"), *(REPO / "configs").glob("*.py"), *(REPO / "benchmarks").glob("*.py"),
-               REPO / "train.py", REPO / "eval.py", REPO / "README.md"]
+               REPO / "train.py", REPO / "eval.py", REPO / "reproduce.py", REPO / "README.md"]
     missing = set()
     for path in sources:
         for cited in re.findall(r"(?<![\w./-])((?:[\w-]+/)+[\w.-]+\.(?:py|md|ipynb|toml|ya?ml))", path.read_text()):

@@ -1,6 +1,6 @@
-"""The reproduction script (benchmarks/reproduce.py) and its library part
-(moon_jax.reproduction): run planning, config checks, aggregation over seeds, the
-paper's claims as paired differences, and one real end-to-end run on digits."""
+"""The reproduction program (reproduce.py) and its package (moon_jax.reproduction): run
+planning, config checks, aggregation over seeds, the paper's claims as paired differences, and
+one real end-to-end run on digits."""
 import json
 import re
 import signal
@@ -13,6 +13,8 @@ import pytest
 
 from conftest import REPO
 from moon_jax import reproduction as rp
+from moon_jax.reproduction.claims import _noise_note
+from moon_jax.reproduction.formatting import pm
 from moon_jax.training.config import ConfigError
 
 DEFAULT_CONFIG = str(REPO / "configs" / "default.py")
@@ -147,9 +149,9 @@ def test_a_difference_smaller_than_two_standard_errors_is_called_noise():
     per_run.update({("moon_rigl", 0): {"auroc/mean": 0.90}, ("moon_rigl", 1): {"auroc/mean": 0.70},
                     ("moon_rigl", 2): {"auroc/mean": 0.83}})
     diff = rp.paired_difference(per_run, "moon_rigl", "rigl", "auroc/mean")  # +0.01 +- 0.10
-    assert rp._noise_note(diff) == ", within seed noise"
-    assert rp._noise_note((0.05, 0.01, 3)) == ""  # 0.05 > 2 * 0.01 / sqrt(3)
-    assert rp._noise_note((0.01, 0.5, 1)) == ""  # one seed: no noise estimate
+    assert _noise_note(diff) == ", within seed noise"
+    assert _noise_note((0.05, 0.01, 3)) == ""  # 0.05 > 2 * 0.01 / sqrt(3)
+    assert _noise_note((0.01, 0.5, 1)) == ""  # one seed: no noise estimate
 
 
 def test_report_tables_hold_the_runs_numbers(tmp_path):
@@ -220,17 +222,14 @@ def test_every_ablation_and_baseline_is_a_method_with_its_switches(tmp_path):
     assert rp.method_label("cigl_rigl", 0.8) == "CigL + RigL 80%"
     # every method's config is valid on the default job
     rp.check_specs(rp.plan_runs(DEFAULT_CONFIG, list(rp.METHODS), [0], tmp_path))
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import reproduce
-
-    assert reproduce.expand_methods("rigl,ablations,rigl") == (["rigl", *rp.ABLATION_METHODS], {})
-    methods, _ = reproduce.expand_methods("all")
+    assert rp.expand_methods("rigl,ablations,rigl") == (["rigl", *rp.ABLATION_METHODS], {})
+    methods, _ = rp.expand_methods("all")
     assert methods[:5] == list(rp.PAPER_METHODS) and set(methods) == set(rp.METHODS)
     # the paper's methods over three seeds, the ablations over one: seed by seed
-    methods, method_seeds = reproduce.expand_methods("rigl,moon_rigl,ablations@0,mixup_rigl@1+0")
+    methods, method_seeds = rp.expand_methods("rigl,moon_rigl,ablations@0,mixup_rigl@1+0")
     assert method_seeds == {**{m: [0] for m in rp.ABLATION_METHODS}, "mixup_rigl": [1, 0]}
     # a method named again adds its seeds rather than replacing the earlier ones
-    assert reproduce.expand_methods("rigl@0,moon_rigl@0,rigl@2+0,moon_rigl@1") == (
+    assert rp.expand_methods("rigl@0,moon_rigl@0,rigl@2+0,moon_rigl@1") == (
         ["rigl", "moon_rigl"], {"rigl": [0, 2], "moon_rigl": [0, 1]})
     specs = rp.plan_runs("c.py", methods, [0, 1, 2], tmp_path, method_seeds=method_seeds)
     assert [(s.method, s.seed) for s in specs] == [
@@ -285,8 +284,8 @@ def test_voting_is_measured_within_the_same_runs_and_one_seed_comparisons_get_th
 
 
 def test_a_mean_that_rounds_to_zero_prints_without_a_sign():
-    assert rp._pm((-0.00003, 0.0018, 3)) == "0.00 ± 0.18"
-    assert rp._pm((-0.0003, 0.0, 1)) == "-0.03"
+    assert pm((-0.00003, 0.0018, 3)) == "0.00 ± 0.18"
+    assert pm((-0.0003, 0.0, 1)) == "-0.03"
 
 
 @pytest.mark.slow
@@ -294,8 +293,8 @@ def test_reproduce_script_end_to_end_on_digits(tmp_path):
     """Two real runs through train.py, then the report: its numbers are each run's eval.json."""
     root, output = tmp_path / "runs", tmp_path / "REPRODUCTION.md"
     args = [
-        str(REPO / "benchmarks" / "reproduce.py"), f"--config={DEFAULT_CONFIG}", "--methods=rigl,moon_rigl",
-        "--seeds=0", f"--root={root}", f"--output={output}", "--no-plots", "--parallel=2",
+        str(REPO / "reproduce.py"), f"--config={DEFAULT_CONFIG}", "--methods=rigl,moon_rigl",
+        "--seeds=0", f"--root={root}", f"--output={output}", "--noplots", "--parallel=2",
         "--config.train.epochs=12", "--config.moon.warmup_epochs=2", "--config.moon.averaging_epochs=3",
         "--config.sparse.end_fraction=0.6", "--config.train.eval_every_epochs=0", "--config.train.checkpoint_every_epochs=6",
     ]
@@ -335,8 +334,8 @@ def test_reproduce_script_end_to_end_on_digits(tmp_path):
 def test_sigterm_stops_the_runs_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
     root, output = tmp_path / "runs", tmp_path / "REPRODUCTION.md"
     args = [
-        sys.executable, str(REPO / "benchmarks" / "reproduce.py"), f"--config={DEFAULT_CONFIG}", "--methods=rigl",
-        f"--root={root}", f"--output={output}", "--no-plots", "--config.train.log_every_steps=5",
+        sys.executable, str(REPO / "reproduce.py"), f"--config={DEFAULT_CONFIG}", "--methods=rigl",
+        f"--root={root}", f"--output={output}", "--noplots", "--config.train.log_every_steps=5",
     ]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = root / "rigl_s0" / "metrics.jsonl"
@@ -353,7 +352,7 @@ def test_sigterm_stops_the_runs_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
     assert saved, log[-2000:]
     assert (root / "rigl_s0" / "checkpoints" / saved.group(1)).is_dir()
     assert not output.exists()
-    [stopped] = rp._wall_time_records(root / "rigl_s0")  # the stopped invocation's time counts too
+    [stopped] = rp.wall_time_records(root / "rigl_s0")  # the stopped invocation's time counts too
     assert stopped["returncode"] == 128 + signal.SIGTERM and stopped["seconds"] > 0
 
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
@@ -361,7 +360,7 @@ def test_sigterm_stops_the_runs_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
     resumed = (root / "rigl_s0" / "train.log").read_text().split("SIGTERM: saved")[1]
     assert f"from the checkpoint at step {saved.group(1)}" in resumed
     assert "| RigL 90% | 1 |" in output.read_text()
-    first, second = rp._wall_time_records(root / "rigl_s0")
+    first, second = rp.wall_time_records(root / "rigl_s0")
     assert first == stopped and second["returncode"] == 0
     assert rp.total_wall_time(root / "rigl_s0") == pytest.approx(first["seconds"] + second["seconds"])
 

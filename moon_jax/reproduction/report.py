@@ -1,0 +1,199 @@
+"""The Markdown report: the summary, per-OOD-set and unknown-output tables, the paper's claims as
+measured (:mod:`moon_jax.reproduction.claims`), and the runs with their commands and wall times."""
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+from typing import Mapping, Optional, Sequence
+
+from moon_jax.reproduction.claims import claim_checks
+from moon_jax.reproduction.formatting import cell, pm, pm_significant
+from moon_jax.reproduction.methods import method_label
+from moon_jax.reproduction.planning import RunSpec
+from moon_jax.reproduction.runner import RunOutcome
+from moon_jax.reproduction.stats import Stat, aggregate, is_noise_set, run_metrics
+from moon_jax.reproduction.workdirs import total_wall_time
+
+#: ``{method: {metric: (mean, std, n)}}`` (:func:`~moon_jax.reproduction.stats.aggregate`).
+Stats = Mapping[str, Mapping[str, Stat]]
+
+
+def display_command(spec: RunSpec) -> str:
+    """``spec``'s command as a user would type it: ``python train.py ...`` (the interpreter shown
+    as ``python``, the script relative to the current directory)."""
+    _, script, *args = spec.command
+    return shlex.join(["python", os.path.relpath(script), *args])
+
+
+def summary_table(
+    stats: Stats, methods: Sequence[str], sparsity: float, scores: Optional[Mapping[str, str]] = None
+) -> str:
+    """Markdown: one row per method (mean ± std over seeds): training accuracy, ACC / ECE / NLL,
+    the primary score's mean AUROC / FPR95 over the non-noise OOD sets, its noise-set AUROC, the
+    same means for energy, and the wall time per run in minutes."""
+    scores = scores or {}
+    lines = [
+        "| method | seeds | train ACC | ACC | ECE | NLL | score | mean AUROC | mean FPR95 | noise AUROC | "
+        "energy AUROC | energy FPR95 | minutes / run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for method in methods:
+        if method not in stats:
+            continue
+        s = stats[method]
+        lines.append(
+            f"| {method_label(method, sparsity)} | {s['acc'][2]} | {cell(s, 'train_acc')} | {pm(s['acc'])} | "
+            f"{pm(s['ece'])} | {pm(s['nll'], 1.0, 4)} | {scores.get(method, '')} | {cell(s, 'auroc/mean')} | "
+            f"{cell(s, 'fpr95/mean')} | {cell(s, 'auroc/noise')} | {cell(s, 'energy_auroc/mean')} | "
+            f"{cell(s, 'energy_fpr95/mean')} | {cell(s, 'wall_s', 1 / 60, 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def _set_names(stats: Stats, methods: Sequence[str], prefix: str, skip: Sequence[str]) -> list[str]:
+    """The OOD set names of the keys ``<prefix>/<set>`` of ``methods``' stats, in first-seen order,
+    without ``skip``."""
+    sets = []
+    for method in methods:
+        for key in stats.get(method, {}):
+            name = key.split("/", 1)[1] if key.startswith(f"{prefix}/") else None
+            if name and name not in skip and name not in sets:
+                sets.append(name)
+    return sets
+
+
+def moon_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
+    """Markdown: for runs with an unknown output or a weight average, the mean p(unknown) on the
+    ID test set and each OOD set, and the last iterate's ACC / mean AUROC beside the average's."""
+    sets = _set_names(stats, methods, "p_unknown", ("id",))
+    lines = [
+        "| method | p(unknown) ID | " + " | ".join(f"p(unknown) {n}" for n in sets)
+        + " | ACC average | ACC last iterate | mean AUROC average | mean AUROC last iterate |",
+        "| --- | ---: |" + " ---: |" * len(sets) + " ---: | ---: | ---: | ---: |",
+    ]
+    rows = 0
+    for method in methods:
+        s = stats.get(method, {})
+        if "p_unknown/id" not in s and "last_acc" not in s:
+            continue
+        rows += 1
+        cells = [pm_significant(s[k]) if k in s else "n/a" for k in ["p_unknown/id"] + [f"p_unknown/{n}" for n in sets]]
+        average = "last_acc" in s
+        cells += [cell(s, "acc") if average else "n/a", cell(s, "last_acc"),
+                  cell(s, "auroc/mean") if average else "n/a", cell(s, "last_auroc/mean")]
+        lines.append(f"| {method_label(method, sparsity)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if rows else ""
+
+
+def per_set_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
+    """Markdown: one row per method, AUROC / FPR95 for every OOD set (mean ± std over seeds)."""
+    sets = _set_names(stats, methods, "auroc", ("mean", "noise"))
+    sets.sort(key=is_noise_set)  # noise sets last
+    header = "| method | " + " | ".join(f"{s} AUROC / FPR95" for s in sets) + " |"
+    lines = [header, "| --- |" + " ---: |" * len(sets)]
+    for method in methods:
+        if method not in stats:
+            continue
+        s = stats[method]
+        cells = [f"{pm(s[f'auroc/{n}'])} / {pm(s[f'fpr95/{n}'])}" if f"auroc/{n}" in s else "n/a" for n in sets]
+        lines.append(f"| {method_label(method, sparsity)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _per_run_with_wall_time(outcomes: Sequence[RunOutcome], results: Mapping[tuple[str, int], Mapping]) -> dict:
+    """Each evaluated run's metrics (:func:`~moon_jax.reproduction.stats.run_metrics`) with its
+    total wall time (``wall_s``) where recorded."""
+    per_run = {key: run_metrics(r) for key, r in results.items()}
+    for o in outcomes:
+        seconds = total_wall_time(o.spec.workdir)
+        if (o.spec.method, o.spec.seed) in per_run and seconds is not None:
+            per_run[(o.spec.method, o.spec.seed)]["wall_s"] = seconds
+    return per_run
+
+
+def _summary_note(first: Mapping) -> str:
+    """What the summary table's columns measure, with the OOD sets of the headline and noise means."""
+    all_sets = list(first.get("ood_sizes", {}))
+    headline_sets = ", ".join(n for n in all_sets if not is_noise_set(n)) or "the non-noise sets"
+    noise_sets = ", ".join(n for n in all_sets if is_noise_set(n)) or "none"
+    return (
+        f"ACC, ECE (15 bins), NLL of the K-class softmax on the {first.get('num_test', '?')} ID test images; train ACC: "
+        "the same model in eval mode on a fixed subset of (at most 10,000) stored training images. score: the run's "
+        "primary score, the paper's (`moon_msp` for a K+1 head: softmax over K+1 outputs, max over the first K; MSP "
+        f"otherwise). mean AUROC / FPR95: plain mean over {headline_sets}; noise AUROC: mean "
+        f"over {noise_sets}, not in the headline; energy: the same means for the energy score. ID positive (OpenOOD v1, "
+        "as the MOON reference evaluates). Runs with voting are evaluated as the weight average. Percent except NLL; "
+        "mean ± sample std over seeds; minutes / run: train.py's wall time (resumptions summed, evaluation included)."
+    )
+
+
+def _moon_section(stats: Stats, methods: Sequence[str], sparsity: float) -> list[str]:
+    """The unknown output and the voting (runs with a K+1 head or a weight average), and a note on
+    the reference's K-output head when it ran; no lines without such runs."""
+    lines = []
+    moon_part = moon_table(stats, methods, sparsity)
+    if moon_part:
+        lines += [
+            "", "## The unknown output and the voting", "", moon_part, "",
+            "p(unknown): mean softmax probability of the K+1-th output, percent, 2 significant digits (runs with a K+1 head). Last iterate: the "
+            "final weights with their own BatchNorm statistics, primary score only (what the voting adds).",
+        ]
+    if "moon_rigl_reference_head" in stats:
+        lines += [
+            "", "The reference's K-output head has no unknown output: the loss treated the last real class's output "
+            "as \"unknown\", and the run is evaluated as a K-class model (MSP over the K outputs, accuracy over all "
+            "K classes), which is what the reference's postprocessor computed for its 10-output CIFAR-10 network.",
+        ]
+    return lines
+
+
+def _runs_section(outcomes: Sequence[RunOutcome]) -> list[str]:
+    """The runs table (exit status, wall times, the exact command) and the eval.py line that compares them."""
+    lines = ["", "## Runs", "",
+             "| method | seed | exit | wall time of this invocation (s) | wall time, all invocations (s) | command |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for o in outcomes:
+        total = total_wall_time(o.spec.workdir)
+        total_cell = f"{total:.1f}" if total is not None else "n/a"
+        lines.append(f"| {o.spec.method} | {o.spec.seed} | {o.returncode} | {o.seconds:.1f} | {total_cell} | "
+                     f"`{display_command(o.spec)}` |")
+    lines += ["", "Evaluate again or compare with `python eval.py --compare " + " ".join(str(o.spec.workdir) for o in outcomes) + "`."]
+    return lines
+
+
+def reproduction_report(
+    title: str,
+    outcomes: Sequence[RunOutcome],
+    results: Mapping[tuple[str, int], Mapping],
+    methods: Sequence[str],
+    sparsity: float,
+    device: str,
+    invocation: str,
+    notes: Sequence[str] = (),
+    date: Optional[str] = None,
+    scale: str = "",
+) -> str:
+    """The whole Markdown report (see :mod:`moon_jax.reproduction`). ``scale``: the scale of the
+    runs and why it was chosen (e.g. the config file's docstring)."""
+    per_run = _per_run_with_wall_time(outcomes, results)
+    stats = aggregate(per_run)
+    scores = {m: f"`{r['primary_score']}`" for (m, _), r in results.items()}
+    seeds = sorted({s for _, s in per_run} | {o.spec.seed for o in outcomes})
+    first = next(iter(results.values()), {})
+    date = date or datetime.date.today().isoformat()
+    lines = [f"# {title}", "", f"Measured {date} on {device}; seeds {', '.join(map(str, seeds))}. Made by `{invocation}`."]
+    if scale:
+        lines += ["", "## Scale and why", "", scale.strip()]
+    lines += [
+        "", "## Summary", "", summary_table(stats, methods, sparsity, scores), "", _summary_note(first),
+        "", "## Per OOD set", "", per_set_table(stats, methods, sparsity), "",
+        "AUROC / FPR95 of the primary score per set.",
+        *_moon_section(stats, methods, sparsity),
+        "", "## The paper's claims, as measured", "",
+        *(claim_checks(per_run, sparsity) or ["- (needs dense and the sparse methods with and without MOON)"]),
+    ]
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+    lines += _runs_section(outcomes)
+    return "\n".join(lines) + "\n"

@@ -11,7 +11,8 @@ import time
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 from moon_jax.reproduction.planning import RunSpec
-from moon_jax.reproduction.workdirs import TRAIN_LOG, record_wall_time
+from moon_jax.reproduction.workdirs import record_wall_time
+from moon_jax.training.run_directory import TRAIN_LOG, RunDirectory
 
 
 class RunOutcome(NamedTuple):
@@ -54,7 +55,7 @@ def run_all(
             while pending and len(running) < parallel:
                 index, spec = pending.pop(0)
                 spec.workdir.mkdir(parents=True, exist_ok=True)
-                logfile = open(spec.workdir / TRAIN_LOG, "a")
+                logfile = open(RunDirectory(spec.workdir).train_log_path, "a")
                 logfile.write(f"$ {shlex.join(spec.command)}\n")
                 logfile.flush()
                 proc = subprocess.Popen(spec.command, cwd=cwd, env=env, stdout=logfile, stderr=subprocess.STDOUT)

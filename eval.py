@@ -29,7 +29,8 @@ flags.DEFINE_list(
 flags.DEFINE_list(
     "scores", None,
     "OOD scores, the first one primary (default: every score that applies, moon_msp first for K+1 models, msp "
-    "otherwise). Allowed: moon_msp, msp, known_probability, max_logit, energy, odin, mahalanobis, knn, react.",
+    "otherwise). Allowed: the names in SCORES of moon_jax/evaluation/score_registry.py (moon_msp, knn, ...); a "
+    "wrong name is answered with the full list.",
 )
 flags.DEFINE_string("data_dir", None, "Where the datasets are (default: the run's config / MOON_JAX_DATA_DIR).")
 flags.DEFINE_integer("batch_size", None, "Evaluation batch size (default: the run's config.train.eval_batch_size).")
@@ -48,13 +49,15 @@ flags.DEFINE_integer(
 
 
 def _check_scores(names):
-    """Unknown score names stop eval.py with one line (exit status 2) before anything loads."""
-    from moon_jax.evaluation.postprocessors import ALL_SCORES
+    """Unknown or repeated score names stop eval.py with one line (exit status 2) before the
+    checkpoint loads; the score registry (moon_jax/evaluation/score_registry.py) decides."""
+    from moon_jax.evaluation.score_registry import check_names
     from moon_jax.training.config import ConfigError
 
-    bad = [n for n in names or () if n not in ALL_SCORES]
-    if bad:
-        raise ConfigError(f"--scores: unknown score(s) {', '.join(bad)}; allowed: {', '.join(ALL_SCORES)}")
+    try:
+        check_names(names or ())
+    except ValueError as err:
+        raise ConfigError(f"--scores: {err}") from None
 
 
 def _check_ood(names):

@@ -17,13 +17,14 @@ from sklearn.covariance import EmpiricalCovariance
 from conftest import REPO, tiny_digits_config
 from moon_jax.data import ImageDataset
 from moon_jax.evaluation import postprocessors as pp
+from moon_jax.evaluation import score_registry as registry
 from moon_jax.evaluation.evaluate import (
     evaluate_full,
     evaluate_logits,
-    format_results,
     flax_model_functions,
     results_from_scores,
 )
+from moon_jax.evaluation.report import format_results
 from moon_jax.evaluation.plots import PLOT_FILES, write_plots
 from moon_jax.metrics import (
     fit_temperature,
@@ -156,7 +157,7 @@ def np_scores(tiny, images):
 TOLERANCE = {"odin": dict(rtol=0, atol=1e-9), "mahalanobis": dict(rtol=1e-4, atol=1e-6)}
 
 
-@pytest.mark.parametrize("name", pp.ALL_SCORES)
+@pytest.mark.parametrize("name", registry.ALL_SCORES)
 def test_every_score_matches_numpy(tiny, name):
     arrays = tiny["arrays"].scores[name]
     expected = np_scores(tiny, tiny["test"].images)[name]
@@ -170,8 +171,8 @@ def test_every_score_matches_numpy(tiny, name):
 
 def test_default_scores_and_settings(tiny):
     results = tiny["results"]
-    assert results["scores"] == list(pp.ALL_SCORES) and results["primary_score"] == "moon_msp"
-    assert pp.default_scores(False)[0] == "msp" and "known_probability" not in pp.default_scores(False)
+    assert results["scores"] == list(registry.ALL_SCORES) and results["primary_score"] == "moon_msp"
+    assert registry.default_scores(False)[0] == "msp" and "known_probability" not in registry.default_scores(False)
     s = results["score_settings"]
     assert s["odin"] == {"temperature": 1000.0, "epsilon": 0.0014}
     assert s["knn"]["k"] == 5 and s["train_features"] == 90
@@ -259,11 +260,28 @@ def test_react_clips_then_takes_energy():
     np.testing.assert_allclose(pp.react_score(features, threshold, kernel, bias, num_known=2), expected, rtol=1e-12)
 
 
+def test_the_registry_gives_each_score_one_record_and_the_defaults():
+    assert len(registry.ALL_SCORES) == len(set(registry.ALL_SCORES)) == len(registry.SCORES)
+    assert all(s.kind in registry.KINDS and s.description and s.default_for <= s.heads for s in registry.SCORES)
+    assert registry.default_scores(True, kinds=("logits",)) == ("moon_msp", "msp", "known_probability", "max_logit", "energy")
+    assert registry.default_scores(False, kinds=("logits",)) == ("msp", "max_logit", "energy")
+    assert registry.default_scores(False) == ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn", "react")
+    with pytest.raises(ValueError, match="listed twice"):
+        registry.check_names(["msp", "knn", "msp"])
+
+
+def test_eval_py_checks_score_names_through_the_registry(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--workdir={tmp_path}", "--scores=msp,mds"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: --scores: unknown OOD score 'mds'; allowed: {', '.join(registry.ALL_SCORES)}")
+
+
 def test_unknown_scores_are_named():
     with pytest.raises(ValueError, match="unknown OOD score 'mds'"):
-        pp.validate_scores(["mds"], True)
+        registry.validate_scores(["mds"], True)
     with pytest.raises(ValueError, match="K\\+1"):
-        pp.validate_scores(["known_probability"], False)
+        registry.validate_scores(["known_probability"], False)
     with pytest.raises(ValueError, match="evaluate_full"):
         evaluate_logits(np.zeros((4, 3)), np.zeros(4, int), {}, 3, ["knn"])
 

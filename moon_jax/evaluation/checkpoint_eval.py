@@ -10,9 +10,10 @@ import jax
 import ml_collections
 
 from moon_jax.evaluation import postprocessors as pp
-from moon_jax.evaluation.evaluate import format_results
+from moon_jax.evaluation.report import format_results
 from moon_jax.evaluation.plots import write_plots
 from moon_jax.evaluation.runner import evaluate_state
+from moon_jax.evaluation.score_registry import validate_scores
 from moon_jax.training import (
     CheckpointError,
     Checkpointer,
@@ -94,7 +95,7 @@ def evaluate_workdir(
         config.train.eval_batch_size = batch_size
     data, setup = build_run(config)
     try:
-        pp.validate_scores(config.eval.scores, setup.model.num_outputs == setup.num_classes + 1)
+        validate_scores(config.eval.scores, setup.model.num_outputs == setup.num_classes + 1)
     except ValueError as err:
         raise ConfigError(f"--scores: {err}") from None
     checkpointer = Checkpointer(workdir)

@@ -15,8 +15,9 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from moon_jax.evaluation.evaluate import FORMAT_VERSION, format_percent
+from moon_jax.evaluation.evaluate import FORMAT_VERSION
 from moon_jax.evaluation.plots import PLOT_FILES
+from moon_jax.evaluation.report import format_percent
 from moon_jax.training.checkpoint import CheckpointError, Checkpointer
 
 REPORT_NAME = "report.md"

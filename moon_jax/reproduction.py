@@ -646,7 +646,7 @@ def reproduction_report(
         "",
         summary_table(stats, methods, sparsity, scores),
         "",
-        f"ACC, ECE (15 bins), NLL of the K-class softmax on the {first.get('num_test', '?')} ID test images; train ACC: "
+        f"ACC, ECE ({first.get('ece_bins', 15)} bins), NLL of the K-class softmax on the {first.get('num_test', '?')} ID test images; train ACC: "
         "the same model in eval mode on a fixed subset of (at most 10,000) stored training images. score: the run's "
         "primary score, the paper's (`moon_msp` for a K+1 head: softmax over K+1 outputs, max over the first K; MSP "
         f"otherwise). mean AUROC / FPR95: plain mean over {headline_sets}; noise AUROC: mean "

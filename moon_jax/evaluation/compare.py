@@ -17,17 +17,31 @@ from typing import Mapping, Optional, Sequence
 
 from moon_jax.evaluation.evaluate import FORMAT_VERSION
 from moon_jax.evaluation.plots import PLOT_FILES
-from moon_jax.evaluation.report import format_percent
+from moon_jax.evaluation.report import ece_bins, format_percent
 from moon_jax.training.checkpoint import CheckpointError, Checkpointer
 
 REPORT_NAME = "report.md"
 COLUMNS = ("run", "method", "model", "score", "ACC", "ECE", "NLL", "AUROC", "FPR95", "near AUROC", "far AUROC")
 CAPTION = (
-    "ACC, ECE (15 bins), NLL of the K-class softmax on the ID test set; AUROC / FPR95: plain mean over "
+    "ACC, ECE ({bins}), NLL of the K-class softmax on the ID test set; AUROC / FPR95: plain mean over "
     "the OOD sets of the run's primary score (`moon_msp` for MOON, `msp` otherwise), ID positive; "
     "near / far AUROC: the same mean over OpenOOD's near-OOD / far-OOD sets (n/a: no set in the "
     "group). Percent except NLL."
 )
+
+
+def ece_bins_phrase(runs: Sequence[tuple[str, Mapping]]) -> str:
+    """``'15 bins'`` when every run's ECE used the same number of bins; otherwise each run's
+    number, with a warning that those ECEs are not comparable."""
+    bins = {name: ece_bins(results) for name, results in runs}
+    if len(set(bins.values())) == 1:
+        return f"{next(iter(bins.values()))} bins"
+    return "bins differ: " + ", ".join(f"{name} {n}" for name, n in bins.items()) + "; those ECEs are not comparable"
+
+
+def caption(runs: Sequence[tuple[str, Mapping]]) -> str:
+    """The caption under the comparison table of ``runs`` (:data:`CAPTION` with their ECE bins)."""
+    return CAPTION.format(bins=ece_bins_phrase(runs))
 
 
 def eval_json_is_current(workdir, plots: bool) -> bool:
@@ -121,7 +135,8 @@ def write_report(directory, runs: Sequence[tuple[str, Path, Mapping]]) -> Path:
     (linked relative to the report, so the folder can be moved together with the runs)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lines = ["# moon-jax comparison", "", comparison_table([(n, r) for n, _, r in runs]), "", CAPTION]
+    named = [(n, r) for n, _, r in runs]
+    lines = ["# moon-jax comparison", "", comparison_table(named), "", caption(named)]
     for name, workdir, results in runs:
         lines += _run_section(name, Path(workdir).resolve(), results, directory.resolve())
     path = directory / REPORT_NAME

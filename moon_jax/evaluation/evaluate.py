@@ -44,8 +44,8 @@ from moon_jax.training.devices import on_devices
 #: Version of the eval.json layout; ``eval.py --compare`` re-evaluates older files.
 #: 2: + ``ood_groups``, ``ood_group_members``, ``temperature_scaling``, ``score_settings``,
 #: model and feature scores. 3: + ``train_subset_classification``, ``unknown_probability`` and
-#: (runs with weight averaging) ``last_iterate``.
-FORMAT_VERSION = 3
+#: (runs with weight averaging) ``last_iterate``. 4: + ``ece_bins``.
+FORMAT_VERSION = 4
 
 
 # --------------------------------------------------------------------------------- predicting
@@ -128,6 +128,8 @@ def results_from_scores(
 
     Keys: ``classification`` (acc, ece, nll, brier, acc_reference, ece_reference,
     unknown_rate), ``temperature_scaling`` (:func:`moon_jax.metrics.temperature_scaling`),
+    ``ece_bins`` (the equal-width bins of ``ece`` and of temperature scaling's ECEs; the
+    reference's ``ece_reference`` keeps its 10),
     ``ood[score][set]`` (auroc, fpr95, aupr_in, aupr_out) with a ``mean`` entry,
     ``ood_groups[score]`` (``near`` / ``far`` / ``all`` plain means, OpenOOD style),
     ``ood_group_members``, ``primary_score`` (the first of ``score_names``), ``scores``,
@@ -142,6 +144,7 @@ def results_from_scores(
         "format_version": FORMAT_VERSION,
         "classification": classification_metrics(test_logits, test_labels, num_known=num_classes, n_bins=ece_bins),
         "temperature_scaling": temperature_scaling(test_logits, test_labels, num_known=num_classes, n_bins=ece_bins),
+        "ece_bins": int(ece_bins),
         "num_test": int(len(test_labels)),
         "num_classes": int(num_classes),
         "has_unknown_output": bool(has_unknown),

@@ -8,11 +8,18 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from moon_jax.evaluation.score_registry import BY_NAME
+from moon_jax.metrics import DEFAULT_ECE_BINS
 
 
 def format_percent(x: Optional[float]) -> str:
     """A fraction as a percentage with two decimals for the tables; ``n/a`` for ``None``."""
     return "n/a" if x is None else f"{100.0 * x:.2f}"
+
+
+def ece_bins(results: Mapping) -> int:
+    """The number of ECE bins the results were computed with (``config.eval.ece_bins``); results
+    written before the number was recorded used the default, 15."""
+    return int(results.get("ece_bins", DEFAULT_ECE_BINS))
 
 
 
@@ -24,7 +31,7 @@ def _classification_lines(results: Mapping) -> list[str]:
         f"| {format_percent(cls['acc'])} | {format_percent(cls['ece'])} | {cls['nll']:.4f} | {cls['brier']:.4f} | "
         f"{format_percent(cls['acc_reference'])} | {format_percent(cls['ece_reference'])} |",
         "",
-        f"ACC: argmax over the first K = {results['num_classes']} outputs; ECE: 15 equal-width bins "
+        f"ACC: argmax over the first K = {results['num_classes']} outputs; ECE: {ece_bins(results)} equal-width bins "
         "(lo, hi] on top-1 confidence of the K-class softmax; (ref.): the MOON reference evaluator "
         "(argmax over all outputs, 10 bins [lo, hi)). ID test set: "
         f"{results['num_test']} images.",

@@ -25,8 +25,11 @@ from moon_jax.evaluation.evaluate import (
     results_from_scores,
 )
 from moon_jax.evaluation.report import format_results
-from moon_jax.evaluation.plots import PLOT_FILES, write_plots
+from moon_jax.evaluation.compare import caption
+from moon_jax.evaluation.plots import BIN_COUNT_AXES, PLOT_FILES, plot_reliability, reliability_figure, write_plots
 from moon_jax.metrics import (
+    calibration_bins,
+    expected_calibration_error,
     fit_temperature,
     ood_group,
     ood_groups,
@@ -34,6 +37,7 @@ from moon_jax.metrics import (
     temperature_nll_gradient,
     temperature_scaling,
     temperature_split,
+    top1_confidence,
 )
 from moon_jax.models import MLP
 
@@ -377,6 +381,34 @@ def test_plots_are_written_and_readable(tiny, tmp_path):
     arrays = tiny["arrays"]._replace(scores={"msp": {"id": tiny["arrays"].scores["msp"]["id"], "ood": {}}})
     assert write_plots(tmp_path / "bare", bare, arrays, []) == ["reliability.png"]
     _check_png(tmp_path / "bare" / "reliability.png")
+
+
+def test_reliability_diagram_writes_how_many_images_each_bin_holds(tiny):
+    arrays, ts = tiny["arrays"], tiny["results"]["temperature_scaling"]
+    figure = reliability_figure(arrays.test_logits, arrays.test_labels, K, ts["temperature"], n_bins=10)
+    as_trained, scaled = [ax for ax in figure.axes if ax.get_label() == BIN_COUNT_AXES]
+    counts = calibration_bins(*top1_confidence(arrays.test_logits, arrays.test_labels, K), 10).counts
+    assert [int(t.get_text()) for t in as_trained.texts] == [int(c) for c in counts if c > 0]
+    assert [int(p.get_height()) for p in as_trained.patches] == [int(c) for c in counts if c > 0]
+    assert sum(int(t.get_text()) for t in scaled.texts) == ts["num_eval"]  # the 80% evaluation split
+    assert all("(10 bins, n = " in ax.get_title() for ax in figure.axes if ax.get_title())
+
+
+def test_a_non_default_ece_bins_shows_in_eval_json_the_captions_and_the_plot(tiny, tmp_path):
+    arrays = tiny["arrays"]
+    results = evaluate_logits(arrays.test_logits, arrays.test_labels, {}, K, ece_bins=7)
+    saved = json.loads(json.dumps(results))  # what eval.json holds
+    assert saved["ece_bins"] == 7 and tiny["results"]["ece_bins"] == 15
+    confidence, correct = top1_confidence(arrays.test_logits, arrays.test_labels, K)
+    assert saved["classification"]["ece"] == pytest.approx(expected_calibration_error(confidence, correct, 7))
+    text = format_results(saved)
+    assert "ECE: 7 equal-width bins" in text and "15 equal-width" not in text
+    assert "ECE (7 bins)" in caption([("a", saved)])
+    assert "ECE (bins differ: a 7, b 15; those ECEs are not comparable)" in caption([("a", saved), ("b", tiny["results"])])
+    write_plots(tmp_path / "written", saved, arrays, [])
+    plot_reliability(tmp_path / "direct.png", arrays.test_logits, arrays.test_labels, K,
+                     saved["temperature_scaling"]["temperature"], n_bins=7)
+    assert (tmp_path / "written" / "reliability.png").read_bytes() == (tmp_path / "direct.png").read_bytes()
 
 
 # --------------------------------------------------------------------------------- --compare

@@ -11,7 +11,9 @@ has one (MOON), else the last iterate. Prints Markdown tables and writes <workdi
 training_curves.png next to it (--noplots skips them).
 
 --compare DIR1 DIR2 ...: one table across runs, printed and written to <--output or the current
-directory>/report.md with every run's plots. A workdir's eval.json is reused when this version
+directory>/report.md with every run's plots. It compares like with like: one table per ID set, and
+the OOD means are over the OOD sets all runs of a table share (a line under the table names the
+sets left out of each run's mean, and the primary scores when they differ beyond moon_msp / msp). A workdir's eval.json is reused when this version
 wrote it for the latest checkpoint (and its plots exist); otherwise the workdir is evaluated.
 """
 from absl import app, flags
@@ -20,7 +22,11 @@ from moon_jax.programs import quiet_library_logs, run_program
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
-flags.DEFINE_boolean("compare", False, "Compare the workdirs given as arguments: one table, and report.md.")
+flags.DEFINE_boolean(
+    "compare", False,
+    "Compare the workdirs given as arguments: one table per ID set, and report.md. OOD means cover only the OOD "
+    "sets all runs of a table share; a line under the table names what each run's mean left out.",
+)
 flags.DEFINE_list(
     "ood", None,
     "OOD sets to evaluate (default: the run's config.data.ood_datasets): registered names, or paths to a folder of "

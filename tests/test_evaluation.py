@@ -25,7 +25,7 @@ from moon_jax.evaluation.evaluate import (
     results_from_scores,
 )
 from moon_jax.evaluation.report import format_results
-from moon_jax.evaluation.compare import caption
+from moon_jax.evaluation.compare import caption, comparison_table
 from moon_jax.evaluation.plots import BIN_COUNT_AXES, PLOT_FILES, plot_reliability, reliability_figure, write_plots
 from moon_jax.metrics import (
     calibration_bins,
@@ -436,6 +436,42 @@ def two_runs(tmp_path_factory):
     for name, moon in (("moon_rigl", True), ("dense", False)):
         train_and_evaluate(_tiny_run_config(moon), root / name)
     return root
+
+
+def _fake_results(ood_shifts, score="msp", dataset="digits", seed=0):
+    """The results of a 3-class run (no unknown output) whose OOD sets are ``ood_shifts``'s keys."""
+    rng = np.random.default_rng(seed)
+    arrays = {score: {"id": rng.normal(2.0, 1.0, 200), "ood": {n: rng.normal(s, 1.0, 100) for n, s in ood_shifts.items()}}}
+    results = results_from_scores(rng.normal(size=(200, 3)), rng.integers(0, 3, 200), arrays,
+                                  {n: 100 for n in ood_shifts}, 3, [score])
+    return dict(results, dataset=dataset, method="dense", model="last iterate (step 10)")
+
+
+def test_compare_takes_means_over_the_ood_sets_all_runs_share():
+    wide = _fake_results({"tin_resize": 1.5, "mnist": -1.0, "dtd": 0.5}, seed=1)
+    narrow = _fake_results({"mnist": 0.0}, seed=2)
+    text = comparison_table([("wide", wide), ("narrow", narrow)])
+    rows = {cells[0]: cells for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| "))}
+    pct = lambda x: f"{100 * x:.2f}"
+    for name, results in (("wide", wide), ("narrow", narrow)):
+        mnist = results["ood"]["msp"]["mnist"]
+        assert rows[name][7:] == [pct(mnist["auroc"]), pct(mnist["fpr95"]), "n/a", pct(mnist["auroc"])]
+    assert pct(wide["ood"]["msp"]["mean"]["auroc"]) not in text  # the 3-set mean is not shown beside a 1-set one
+    assert ("The runs were evaluated on different OOD sets: AUROC / FPR95 / near / far AUROC are means over the OOD "
+            "sets all of them share (mnist). Left out: wide: tin_resize, dtd.") in text
+    # the same OOD sets: the runs' own means, no note
+    same = comparison_table([("a", wide), ("b", _fake_results({"tin_resize": 0.0, "mnist": 0.0, "dtd": 0.0}, seed=3))])
+    assert "different OOD sets" not in same and pct(wide["ood"]["msp"]["mean"]["auroc"]) in same
+    # no shared set: n/a, and each run's sets are named
+    apart = comparison_table([("wide", wide), ("other", _fake_results({"svhn_cropped": 0.0}, seed=4))])
+    assert "No OOD set is common to all runs" in apart and "other: svhn_cropped" in apart
+    # other ID sets: a table each; other primary scores: said under the table
+    split = comparison_table([("wide", wide), ("c100", _fake_results({"mnist": 0.0}, dataset="cifar100"))])
+    assert "ID set `digits`" in split and "ID set `cifar100`" in split and "different OOD sets" not in split
+    scored = comparison_table([("wide", wide), ("energy", _fake_results({"tin_resize": 1.0, "mnist": 0.0, "dtd": 0.0},
+                                                                       score="energy"))])
+    assert "The runs' primary scores differ (wide `msp`, energy `energy`)" in scored
 
 
 def _table_rows(text):

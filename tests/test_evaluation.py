@@ -17,15 +17,19 @@ from sklearn.covariance import EmpiricalCovariance
 from conftest import REPO, tiny_digits_config
 from moon_jax.data import ImageDataset
 from moon_jax.evaluation import postprocessors as pp
+from moon_jax.evaluation import score_registry as registry
 from moon_jax.evaluation.evaluate import (
     evaluate_full,
     evaluate_logits,
-    format_results,
     flax_model_functions,
     results_from_scores,
 )
-from moon_jax.evaluation.plots import PLOT_FILES, write_plots
+from moon_jax.evaluation.report import format_results
+from moon_jax.evaluation.compare import caption, comparison_table
+from moon_jax.evaluation.plots import BIN_COUNT_AXES, PLOT_FILES, plot_reliability, reliability_figure, write_plots
 from moon_jax.metrics import (
+    calibration_bins,
+    expected_calibration_error,
     fit_temperature,
     ood_group,
     ood_groups,
@@ -33,6 +37,7 @@ from moon_jax.metrics import (
     temperature_nll_gradient,
     temperature_scaling,
     temperature_split,
+    top1_confidence,
 )
 from moon_jax.models import MLP
 
@@ -156,7 +161,7 @@ def np_scores(tiny, images):
 TOLERANCE = {"odin": dict(rtol=0, atol=1e-9), "mahalanobis": dict(rtol=1e-4, atol=1e-6)}
 
 
-@pytest.mark.parametrize("name", pp.ALL_SCORES)
+@pytest.mark.parametrize("name", registry.ALL_SCORES)
 def test_every_score_matches_numpy(tiny, name):
     arrays = tiny["arrays"].scores[name]
     expected = np_scores(tiny, tiny["test"].images)[name]
@@ -170,8 +175,8 @@ def test_every_score_matches_numpy(tiny, name):
 
 def test_default_scores_and_settings(tiny):
     results = tiny["results"]
-    assert results["scores"] == list(pp.ALL_SCORES) and results["primary_score"] == "moon_msp"
-    assert pp.default_scores(False)[0] == "msp" and "known_probability" not in pp.default_scores(False)
+    assert results["scores"] == list(registry.ALL_SCORES) and results["primary_score"] == "moon_msp"
+    assert registry.default_scores(False)[0] == "msp" and "known_probability" not in registry.default_scores(False)
     s = results["score_settings"]
     assert s["odin"] == {"temperature": 1000.0, "epsilon": 0.0014}
     assert s["knn"]["k"] == 5 and s["train_features"] == 90
@@ -259,11 +264,28 @@ def test_react_clips_then_takes_energy():
     np.testing.assert_allclose(pp.react_score(features, threshold, kernel, bias, num_known=2), expected, rtol=1e-12)
 
 
+def test_the_registry_gives_each_score_one_record_and_the_defaults():
+    assert len(registry.ALL_SCORES) == len(set(registry.ALL_SCORES)) == len(registry.SCORES)
+    assert all(s.kind in registry.KINDS and s.description and s.default_for <= s.heads for s in registry.SCORES)
+    assert registry.default_scores(True, kinds=("logits",)) == ("moon_msp", "msp", "known_probability", "max_logit", "energy")
+    assert registry.default_scores(False, kinds=("logits",)) == ("msp", "max_logit", "energy")
+    assert registry.default_scores(False) == ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn", "react")
+    with pytest.raises(ValueError, match="listed twice"):
+        registry.check_names(["msp", "knn", "msp"])
+
+
+def test_eval_py_checks_score_names_through_the_registry(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--workdir={tmp_path}", "--scores=msp,mds"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: --scores: unknown OOD score 'mds'; allowed: {', '.join(registry.ALL_SCORES)}")
+
+
 def test_unknown_scores_are_named():
     with pytest.raises(ValueError, match="unknown OOD score 'mds'"):
-        pp.validate_scores(["mds"], True)
+        registry.validate_scores(["mds"], True)
     with pytest.raises(ValueError, match="K\\+1"):
-        pp.validate_scores(["known_probability"], False)
+        registry.validate_scores(["known_probability"], False)
     with pytest.raises(ValueError, match="evaluate_full"):
         evaluate_logits(np.zeros((4, 3)), np.zeros(4, int), {}, 3, ["knn"])
 
@@ -361,6 +383,34 @@ def test_plots_are_written_and_readable(tiny, tmp_path):
     _check_png(tmp_path / "bare" / "reliability.png")
 
 
+def test_reliability_diagram_writes_how_many_images_each_bin_holds(tiny):
+    arrays, ts = tiny["arrays"], tiny["results"]["temperature_scaling"]
+    figure = reliability_figure(arrays.test_logits, arrays.test_labels, K, ts["temperature"], n_bins=10)
+    as_trained, scaled = [ax for ax in figure.axes if ax.get_label() == BIN_COUNT_AXES]
+    counts = calibration_bins(*top1_confidence(arrays.test_logits, arrays.test_labels, K), 10).counts
+    assert [int(t.get_text()) for t in as_trained.texts] == [int(c) for c in counts if c > 0]
+    assert [int(p.get_height()) for p in as_trained.patches] == [int(c) for c in counts if c > 0]
+    assert sum(int(t.get_text()) for t in scaled.texts) == ts["num_eval"]  # the 80% evaluation split
+    assert all("(10 bins, n = " in ax.get_title() for ax in figure.axes if ax.get_title())
+
+
+def test_a_non_default_ece_bins_shows_in_eval_json_the_captions_and_the_plot(tiny, tmp_path):
+    arrays = tiny["arrays"]
+    results = evaluate_logits(arrays.test_logits, arrays.test_labels, {}, K, ece_bins=7)
+    saved = json.loads(json.dumps(results))  # what eval.json holds
+    assert saved["ece_bins"] == 7 and tiny["results"]["ece_bins"] == 15
+    confidence, correct = top1_confidence(arrays.test_logits, arrays.test_labels, K)
+    assert saved["classification"]["ece"] == pytest.approx(expected_calibration_error(confidence, correct, 7))
+    text = format_results(saved)
+    assert "ECE: 7 equal-width bins" in text and "15 equal-width" not in text
+    assert "ECE (7 bins)" in caption([("a", saved)])
+    assert "ECE (bins differ: a 7, b 15; those ECEs are not comparable)" in caption([("a", saved), ("b", tiny["results"])])
+    write_plots(tmp_path / "written", saved, arrays, [])
+    plot_reliability(tmp_path / "direct.png", arrays.test_logits, arrays.test_labels, K,
+                     saved["temperature_scaling"]["temperature"], n_bins=7)
+    assert (tmp_path / "written" / "reliability.png").read_bytes() == (tmp_path / "direct.png").read_bytes()
+
+
 # --------------------------------------------------------------------------------- --compare
 def _tiny_run_config(moon: bool):
     config = tiny_digits_config()
@@ -386,6 +436,42 @@ def two_runs(tmp_path_factory):
     for name, moon in (("moon_rigl", True), ("dense", False)):
         train_and_evaluate(_tiny_run_config(moon), root / name)
     return root
+
+
+def _fake_results(ood_shifts, score="msp", dataset="digits", seed=0):
+    """The results of a 3-class run (no unknown output) whose OOD sets are ``ood_shifts``'s keys."""
+    rng = np.random.default_rng(seed)
+    arrays = {score: {"id": rng.normal(2.0, 1.0, 200), "ood": {n: rng.normal(s, 1.0, 100) for n, s in ood_shifts.items()}}}
+    results = results_from_scores(rng.normal(size=(200, 3)), rng.integers(0, 3, 200), arrays,
+                                  {n: 100 for n in ood_shifts}, 3, [score])
+    return dict(results, dataset=dataset, method="dense", model="last iterate (step 10)")
+
+
+def test_compare_takes_means_over_the_ood_sets_all_runs_share():
+    wide = _fake_results({"tin_resize": 1.5, "mnist": -1.0, "dtd": 0.5}, seed=1)
+    narrow = _fake_results({"mnist": 0.0}, seed=2)
+    text = comparison_table([("wide", wide), ("narrow", narrow)])
+    rows = {cells[0]: cells for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| "))}
+    pct = lambda x: f"{100 * x:.2f}"
+    for name, results in (("wide", wide), ("narrow", narrow)):
+        mnist = results["ood"]["msp"]["mnist"]
+        assert rows[name][7:] == [pct(mnist["auroc"]), pct(mnist["fpr95"]), "n/a", pct(mnist["auroc"])]
+    assert pct(wide["ood"]["msp"]["mean"]["auroc"]) not in text  # the 3-set mean is not shown beside a 1-set one
+    assert ("The runs were evaluated on different OOD sets: AUROC / FPR95 / near / far AUROC are means over the OOD "
+            "sets all of them share (mnist). Left out: wide: tin_resize, dtd.") in text
+    # the same OOD sets: the runs' own means, no note
+    same = comparison_table([("a", wide), ("b", _fake_results({"tin_resize": 0.0, "mnist": 0.0, "dtd": 0.0}, seed=3))])
+    assert "different OOD sets" not in same and pct(wide["ood"]["msp"]["mean"]["auroc"]) in same
+    # no shared set: n/a, and each run's sets are named
+    apart = comparison_table([("wide", wide), ("other", _fake_results({"svhn_cropped": 0.0}, seed=4))])
+    assert "No OOD set is common to all runs" in apart and "other: svhn_cropped" in apart
+    # other ID sets: a table each; other primary scores: said under the table
+    split = comparison_table([("wide", wide), ("c100", _fake_results({"mnist": 0.0}, dataset="cifar100"))])
+    assert "ID set `digits`" in split and "ID set `cifar100`" in split and "different OOD sets" not in split
+    scored = comparison_table([("wide", wide), ("energy", _fake_results({"tin_resize": 1.0, "mnist": 0.0, "dtd": 0.0},
+                                                                       score="energy"))])
+    assert "The runs' primary scores differ (wide `msp`, energy `energy`)" in scored
 
 
 def _table_rows(text):

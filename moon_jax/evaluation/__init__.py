@@ -1,6 +1,6 @@
 """Evaluation of trained models: ID accuracy and calibration (with temperature scaling), OOD
-detection with every score (:mod:`~moon_jax.evaluation.postprocessors`), near/far-OOD groups,
-reports, plots (:mod:`~moon_jax.evaluation.plots`, imported on demand: it needs matplotlib) and
+detection with every score (:mod:`~moon_jax.evaluation.score_registry`), near/far-OOD groups,
+reports (:mod:`~moon_jax.evaluation.report`), plots (:mod:`~moon_jax.evaluation.plots`, imported on demand: it needs matplotlib) and
 the comparison of runs (:mod:`~moon_jax.evaluation.compare`)."""
 from moon_jax.evaluation.evaluate import (
     EvalArrays,
@@ -9,9 +9,8 @@ from moon_jax.evaluation.evaluate import (
     evaluate_logits,
     evaluate_model,
     flax_model_functions,
-    format_results,
-    headline,
     model_functions,
     predict_logits,
     predict_outputs,
 )
+from moon_jax.evaluation.report import format_results, headline

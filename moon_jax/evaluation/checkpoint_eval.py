@@ -10,9 +10,10 @@ import ml_collections
 
 from moon_jax.devices import DataParallel
 from moon_jax.evaluation import postprocessors as pp
-from moon_jax.evaluation.evaluate import format_results
+from moon_jax.evaluation.report import format_results
 from moon_jax.evaluation.plots import write_plots
 from moon_jax.evaluation.runner import evaluate_state
+from moon_jax.evaluation.score_registry import validate_scores
 from moon_jax.training import (
     CheckpointError,
     ConfigError,
@@ -106,7 +107,7 @@ def evaluate_workdir(
             config.train.eval_batch_size = batch_size
         data, setup = build_run(config)
         try:
-            pp.validate_scores(config.eval.scores, setup.model.num_outputs == setup.num_classes + 1)
+            validate_scores(config.eval.scores, setup.model.num_outputs == setup.num_classes + 1)
         except ValueError as err:
             raise ConfigError(f"--scores: {err}") from None
         abstract = abstract_train_state(setup, data.image_shape, DataParallel(setup.split.mesh).replicated)

@@ -1,10 +1,11 @@
 """Evaluation of a trained model: accuracy and calibration on the ID test set (with temperature
 scaling as the post-hoc baseline), OOD detection on every OOD set with every score, near-/far-OOD
-group means, and the Markdown tables users read.
+group means. The Markdown tables users read are :mod:`moon_jax.evaluation.report`.
 
 Model outputs (logits, penultimate features, ODIN's perturbed logits) are computed on the device
 with a fixed batch shape (the last batch padded), brought to the host, and every score and metric
-is computed there in float64 (:mod:`moon_jax.metrics`, :mod:`moon_jax.evaluation.postprocessors`).
+is computed there in float64 (:mod:`moon_jax.metrics`; every score is one record of
+:mod:`moon_jax.evaluation.score_registry`).
 
 Two entry points:
 
@@ -25,6 +26,8 @@ import numpy as np
 
 from moon_jax.data import ImageDataset, eval_batches
 from moon_jax.evaluation import postprocessors as pp
+from moon_jax.evaluation import score_registry as registry
+from moon_jax.evaluation.score_registry import ScoreContext, SetOutputs
 from moon_jax.metrics import (
     CONVENTION_CAPTION,
     OOD_METRIC_KEYS,
@@ -35,14 +38,14 @@ from moon_jax.metrics import (
     ood_table_mean,
     temperature_scaling,
 )
-from moon_jax.moon import scores as score_lib
 from moon_jax.devices import on_devices
+from moon_jax.moon.scores import predict
 
 #: Version of the eval.json layout; ``eval.py --compare`` re-evaluates older files.
 #: 2: + ``ood_groups``, ``ood_group_members``, ``temperature_scaling``, ``score_settings``,
 #: model and feature scores. 3: + ``train_subset_classification``, ``unknown_probability`` and
-#: (runs with weight averaging) ``last_iterate``.
-FORMAT_VERSION = 3
+#: (runs with weight averaging) ``last_iterate``. 4: + ``ece_bins``.
+FORMAT_VERSION = 4
 
 
 # --------------------------------------------------------------------------------- predicting
@@ -112,18 +115,6 @@ class EvalArrays(NamedTuple):
     scores: dict
 
 
-def logit_score_arrays(names: Sequence[str], test_logits, ood_logits: Mapping[str, np.ndarray], num_classes: int) -> dict:
-    """``{name: {'id': ..., 'ood': {set: ...}}}`` for the logit scores among ``names``."""
-    return {
-        name: {
-            "id": score_lib.score(name, test_logits, num_classes),
-            "ood": {s: score_lib.score(name, logits, num_classes) for s, logits in ood_logits.items()},
-        }
-        for name in names
-        if pp.SCORE_KINDS[name] == "logits"
-    }
-
-
 def results_from_scores(
     test_logits: np.ndarray,
     test_labels: np.ndarray,
@@ -137,6 +128,8 @@ def results_from_scores(
 
     Keys: ``classification`` (acc, ece, nll, brier, acc_reference, ece_reference,
     unknown_rate), ``temperature_scaling`` (:func:`moon_jax.metrics.temperature_scaling`),
+    ``ece_bins`` (the equal-width bins of ``ece`` and of temperature scaling's ECEs; the
+    reference's ``ece_reference`` keeps its 10),
     ``ood[score][set]`` (auroc, fpr95, aupr_in, aupr_out) with a ``mean`` entry,
     ``ood_groups[score]`` (``near`` / ``far`` / ``all`` plain means, OpenOOD style),
     ``ood_group_members``, ``primary_score`` (the first of ``score_names``), ``scores``,
@@ -151,6 +144,7 @@ def results_from_scores(
         "format_version": FORMAT_VERSION,
         "classification": classification_metrics(test_logits, test_labels, num_known=num_classes, n_bins=ece_bins),
         "temperature_scaling": temperature_scaling(test_logits, test_labels, num_known=num_classes, n_bins=ece_bins),
+        "ece_bins": int(ece_bins),
         "num_test": int(len(test_labels)),
         "num_classes": int(num_classes),
         "has_unknown_output": bool(has_unknown),
@@ -191,15 +185,17 @@ def evaluate_logits(
 ) -> dict:
     """All metrics computable from logits alone (logit scores only; see :func:`results_from_scores`).
 
-    Default scores: :func:`moon_jax.moon.scores.default_logit_scores`. A model or feature score
+    Default scores: the logit scores among the model's defaults
+    (:func:`moon_jax.evaluation.score_registry.default_scores`). A model or feature score
     (``odin``, ``mahalanobis``, ...) raises: use :func:`evaluate_full`.
     """
     has_unknown = test_logits.shape[1] == num_classes + 1
-    names = pp.validate_scores(score_names or score_lib.default_logit_scores(has_unknown), has_unknown)
-    needs_model = [n for n in names if pp.SCORE_KINDS[n] != "logits"]
+    names = registry.validate_scores(score_names or registry.default_scores(has_unknown, kinds=("logits",)), has_unknown)
+    needs_model = [n for n in names if registry.BY_NAME[n].kind != "logits"]
     if needs_model:
         raise ValueError(f"scores {', '.join(needs_model)} need the model, not just logits: use evaluate_full")
-    arrays = logit_score_arrays(names, test_logits, ood_logits, num_classes)
+    ood_outputs = {name: SetOutputs(logits) for name, logits in ood_logits.items()}
+    arrays = registry.score_arrays(names, SetOutputs(test_logits), ood_outputs, ScoreContext(num_classes))
     sizes = {name: len(l) for name, l in ood_logits.items()}
     return results_from_scores(test_logits, test_labels, arrays, sizes, num_classes, names, ece_bins)
 
@@ -297,6 +293,14 @@ def flax_model_functions(model, variables, mean: Sequence[float], std: Sequence[
     return model_functions(outputs, preprocess, apply, variables, variables["params"]["head"], std, num_known)
 
 
+def predict_set(model: ModelFunctions, dataset: ImageDataset, batch_size: int, with_odin: bool) -> SetOutputs:
+    """Logits and penultimate features of every image of ``dataset`` and, ``with_odin``, the
+    logits of ODIN's perturbed input: what the scores of the registry read."""
+    logits, features = predict_outputs(model.outputs, dataset, batch_size)
+    odin_logits = predict_outputs(model.odin, dataset, batch_size) if with_odin else None
+    return SetOutputs(logits, features, odin_logits)
+
+
 def evaluate_full(
     model: ModelFunctions,
     train,
@@ -309,7 +313,7 @@ def evaluate_full(
     train_examples: int = pp.TRAIN_FEATURE_EXAMPLES,
     knn_k: int = pp.KNN_K,
 ) -> tuple[dict, EvalArrays]:
-    """Every metric with every score (default :func:`postprocessors.default_scores`).
+    """Every metric with every score (default :func:`score_registry.default_scores`).
 
     The feature scores' statistics come from the penultimate features of a fixed subset of at
     most ``train_examples`` ID training images (:func:`train_feature_subset`) computed with the
@@ -321,184 +325,38 @@ def evaluate_full(
       evaluated model on the fixed training subset, eval mode: does it fit its training set?),
       and the :class:`EvalArrays` for plots.
     """
-    test_logits, test_features = predict_outputs(model.outputs, test, batch_size)
-    has_unknown = test_logits.shape[1] == num_classes + 1
-    names = pp.validate_scores(score_names, has_unknown)
-    ood_outputs = {name: predict_outputs(model.outputs, ds, batch_size) for name, ds in ood.items()}
-    ood_logits = {name: out[0] for name, out in ood_outputs.items()}
-    arrays = logit_score_arrays(names, test_logits, ood_logits, num_classes)
-
-    settings = None
-    if "odin" in names:
-        if model.odin is None:
-            raise ValueError("score 'odin' needs ModelFunctions.odin")
-        perturbed = {name: predict_outputs(model.odin, ds, batch_size) for name, ds in ood.items()}
-        arrays["odin"] = {
-            "id": pp.odin_score(predict_outputs(model.odin, test, batch_size), num_classes),
-            "ood": {name: pp.odin_score(l, num_classes) for name, l in perturbed.items()},
-        }
-    feature_names = [n for n in names if pp.SCORE_KINDS[n] == "features"]
+    has_unknown = np.shape(model.head[0])[-1] == num_classes + 1
+    names = registry.validate_scores(score_names, has_unknown)
+    kinds = registry.kinds_of(names)
+    with_odin = "model" in kinds
+    if with_odin and model.odin is None:
+        raise ValueError("score 'odin' needs ModelFunctions.odin")
+    id_outputs = predict_set(model, test, batch_size, with_odin)
+    ood_outputs = {name: predict_set(model, ds, batch_size, with_odin) for name, ds in ood.items()}
     # The training-set fit, on the same fixed subset the feature scores use (one forward pass).
     subset = train_feature_subset(train, train_examples)
     train_logits, train_features = predict_outputs(model.outputs, subset, batch_size)
     train_fit = {
-        "acc": float(np.mean(score_lib.predict(train_logits, num_classes) == np.asarray(subset.labels))),
+        "acc": float(np.mean(predict(train_logits, num_classes) == np.asarray(subset.labels))),
         "num_examples": int(len(subset.labels)),
     }
-    if feature_names:
-        stats = pp.fit_feature_statistics(train_features, subset.labels, num_classes)
-        k = min(knn_k, stats.num_train)
-        for name in feature_names:
-            arrays[name] = {
-                "id": pp.feature_score(name, test_features, stats, model.head, num_classes, k),
-                "ood": {
-                    s: pp.feature_score(name, out[1], stats, model.head, num_classes, k) for s, out in ood_outputs.items()
-                },
-            }
+    stats = pp.fit_feature_statistics(train_features, subset.labels, num_classes) if "features" in kinds else None
+    k = min(knn_k, stats.num_train) if stats else knn_k
+    arrays = registry.score_arrays(names, id_outputs, ood_outputs, ScoreContext(num_classes, model.head, stats, k))
+    settings = None
+    if stats:
         settings = pp.score_settings(stats.num_train, k, stats.react_threshold)
-    elif "odin" in names:
+    elif with_odin:
         settings = pp.score_settings()
 
-    sizes = {name: len(l) for name, l in ood_logits.items()}
+    test_logits = id_outputs.logits
+    sizes = {name: len(outputs.logits) for name, outputs in ood_outputs.items()}
     results = results_from_scores(test_logits, test.labels, arrays, sizes, num_classes, names, ece_bins)
     if settings is not None:
         results["score_settings"] = settings
     results["train_subset_classification"] = train_fit
     results["evaluated_at"] = datetime.datetime.now().isoformat(timespec="seconds")
     return results, EvalArrays(test_logits, np.asarray(test.labels), int(num_classes), arrays)
-
-
-# --------------------------------------------------------------------------------- reports
-def format_percent(x: Optional[float]) -> str:
-    """A fraction as a percentage with two decimals for the tables; ``n/a`` for ``None``."""
-    return "n/a" if x is None else f"{100.0 * x:.2f}"
-
-
-def _classification_lines(results: Mapping) -> list[str]:
-    cls = results["classification"]
-    return [
-        "| ACC | ECE | NLL | Brier | ACC (ref.) | ECE (ref.) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {format_percent(cls['acc'])} | {format_percent(cls['ece'])} | {cls['nll']:.4f} | {cls['brier']:.4f} | "
-        f"{format_percent(cls['acc_reference'])} | {format_percent(cls['ece_reference'])} |",
-        "",
-        f"ACC: argmax over the first K = {results['num_classes']} outputs; ECE: 15 equal-width bins "
-        "(lo, hi] on top-1 confidence of the K-class softmax; (ref.): the MOON reference evaluator "
-        "(argmax over all outputs, 10 bins [lo, hi)). ID test set: "
-        f"{results['num_test']} images.",
-    ]
-
-
-def _primary_lines(results: Mapping) -> list[str]:
-    primary = results["primary_score"]
-    per_set = results["ood"].get(primary, {})
-    lines = [
-        "",
-        f"OOD detection, score `{primary}`:",
-        "",
-        "| OOD set | n | AUROC | FPR95 | AUPR-In | AUPR-Out |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, m in per_set.items():
-        n = results["ood_sizes"].get(name, "")
-        label = "**mean**" if name == "mean" else name
-        lines.append(
-            f"| {label} | {n} | {format_percent(m['auroc'])} | {format_percent(m['fpr95'])} | {format_percent(m['aupr_in'])} | {format_percent(m['aupr_out'])} |"
-        )
-    return lines
-
-
-def _every_score_lines(results: Mapping) -> list[str]:
-    scores = [s for s in results["scores"] if results["ood"].get(s)]
-    lines = ["", "Mean over OOD sets for every score:", "", "| score | AUROC | FPR95 | AUPR-In | AUPR-Out |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for s in scores:
-        m = results["ood"][s]["mean"]
-        lines.append(f"| {s} | {format_percent(m['auroc'])} | {format_percent(m['fpr95'])} | {format_percent(m['aupr_in'])} | {format_percent(m['aupr_out'])} |")
-    return lines
-
-
-def _per_set_lines(results: Mapping) -> list[str]:
-    """AUROC / FPR95 of every score on every set, then the near / far / all group means."""
-    scores = [s for s in results["scores"] if results["ood"].get(s)]
-    sets = list(results["ood_sizes"])
-    groups = [g for g in ("near", "far") if g in results.get("ood_group_members", {})]
-    header = sets + [f"{g}-OOD" for g in groups] + ["all"]
-    lines = [
-        "",
-        "AUROC / FPR95 of every score per OOD set and per OpenOOD group (plain mean over the group's sets; "
-        + "; ".join(f"{g}-OOD: {', '.join(results['ood_group_members'][g])}" for g in groups)
-        + "):",
-        "",
-        "| score | " + " | ".join(header) + " |",
-        "| --- |" + " ---: |" * len(header),
-    ]
-    for s in scores:
-        cells = [results["ood"][s][name] for name in sets]
-        cells += [results["ood_groups"][s][g] for g in groups] + [results["ood_groups"][s]["all"]]
-        lines.append(f"| {s} | " + " | ".join(f"{format_percent(m['auroc'])} / {format_percent(m['fpr95'])}" for m in cells) + " |")
-    descriptions = "; ".join(f"`{s}`: {pp.SCORE_DESCRIPTIONS[s]}" for s in scores)
-    lines += ["", f"Scores (higher = more in-distribution): {descriptions}."]
-    settings = results.get("score_settings", {})
-    if "train_features" in settings:
-        lines.append(
-            f"Feature statistics from {settings['train_features']} ID training images (no augmentation); "
-            f"KNN k = {settings['knn']['k']}; ReAct threshold {settings['react']['threshold']:.4g}."
-        )
-    return lines
-
-
-def _temperature_lines(results: Mapping) -> list[str]:
-    ts = results.get("temperature_scaling")
-    if not ts:
-        return []
-    lines = [
-        "",
-        f"Temperature scaling (Guo et al. 2017), T = {ts['temperature']:.4f}:",
-        "",
-        "| model | ACC | ECE | NLL | Brier |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for key, label in (("uncalibrated", "as trained"), ("calibrated", "temperature-scaled")):
-        m = ts[key]
-        lines.append(f"| {label} | {format_percent(m['acc'])} | {format_percent(m['ece'])} | {m['nll']:.4f} | {m['brier']:.4f} |")
-    lines += [
-        "",
-        f"T minimises the NLL of the first K logits on a fixed random {100 * ts['fit_fraction']:g}% of the ID test "
-        f"set ({ts['num_fit']} images, seed {ts['seed']}); both rows are measured on the other "
-        f"{ts['num_eval']} images, so they differ from the full-test-set row above.",
-    ]
-    return lines
-
-
-def format_results(results: Mapping, title: str = "") -> str:
-    """The Markdown report of an evaluation (numbers in percent except NLL and Brier).
-
-    Order: classification table; the primary score's per-set table (with its ``**mean**`` row);
-    the mean of every score; AUROC / FPR95 of every score per set and near / far group;
-    temperature scaling; the metric convention.
-    """
-    lines = [f"### {title}", ""] if title else []
-    lines += _classification_lines(results)
-    if results["ood"].get(results["primary_score"]):
-        lines += _primary_lines(results)
-        if len([s for s in results["scores"] if results["ood"].get(s)]) > 1:
-            lines += _every_score_lines(results)
-        if "ood_groups" in results:
-            lines += _per_set_lines(results)
-    lines += _temperature_lines(results)
-    if results["ood"].get(results["primary_score"]):
-        lines += ["", results["convention"]]
-    return "\n".join(lines)
-
-
-def headline(results: Mapping) -> dict:
-    """The four numbers of the one-line summary: ACC, ECE, mean AUROC, mean FPR95."""
-    out = {"acc": results["classification"]["acc"], "ece": results["classification"]["ece"]}
-    per_set = results["ood"].get(results["primary_score"], {})
-    if "mean" in per_set:
-        out.update(auroc=per_set["mean"]["auroc"], fpr95=per_set["mean"]["fpr95"])
-    return out
 
 
 __all__ = [
@@ -508,13 +366,11 @@ __all__ = [
     "evaluate_full",
     "evaluate_logits",
     "evaluate_model",
-    "format_results",
-    "headline",
-    "logit_score_arrays",
     "flax_model_functions",
     "model_functions",
     "predict_logits",
     "predict_outputs",
+    "predict_set",
     "results_from_scores",
     "train_feature_subset",
     "OOD_METRIC_KEYS",

@@ -1,7 +1,8 @@
 """The evaluation as pictures: PNG files written next to eval.json.
 
 * ``reliability.png`` -- reliability diagram (Guo et al. 2017, Fig. 1 style): accuracy against
-  confidence in the 15 ECE bins, for the model as trained (whole ID test set) and after
+  confidence in the ECE bins (``config.eval.ece_bins``, 15 by default), with the number of
+  images in each bin under it, for the model as trained (whole ID test set) and after
   temperature scaling (the 80% evaluation split);
 * ``roc.png`` -- ROC curve of the primary score for every OOD set (ID positive, as the metrics);
 * ``score_hist.png`` -- histograms of the primary score, ID test set against each OOD set;
@@ -23,7 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from moon_jax.metrics import calibration_bins, ood_metrics, temperature_split, top1_confidence
+from moon_jax.evaluation.report import ece_bins
+from moon_jax.metrics import DEFAULT_ECE_BINS, calibration_bins, ood_metrics, temperature_split, top1_confidence
 
 #: Plot name -> file name, in the order reports show them.
 PLOT_FILES = {
@@ -34,6 +36,8 @@ PLOT_FILES = {
     "training_curves": "training_curves.png",
 }
 DPI = 110
+#: Label of the reliability diagram's axes that show how many images each bin holds.
+BIN_COUNT_AXES = "images per bin"
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -50,7 +54,19 @@ def _save(figure: Figure, path) -> Path:
     return path
 
 
-def _reliability_panel(ax, confidence: np.ndarray, correct: np.ndarray, n_bins: int, title: str) -> None:
+def _bin_count_panel(ax, centres: np.ndarray, counts: np.ndarray, width: float) -> None:
+    """Bars of how many images each confidence bin holds, each bar's count written above it
+    (log scale: the last bin usually holds most of the test set)."""
+    filled = counts > 0
+    ax.bar(centres[filled], counts[filled], width=width, edgecolor="black", color="tab:grey")
+    for centre, count in zip(centres[filled], counts[filled]):
+        ax.text(centre, count * 1.3, str(int(count)), ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_yscale("log")
+    ax.set(xlim=(0, 1), ylim=(0.7, max(int(counts.max()), 1) * 40), ylabel="images")
+    ax.set_label(BIN_COUNT_AXES)
+
+
+def _reliability_panel(ax, count_ax, confidence: np.ndarray, correct: np.ndarray, n_bins: int, title: str) -> None:
     bins = calibration_bins(confidence, correct, n_bins)
     width = 1.0 / n_bins
     centres = bins.edges[:-1] + width / 2
@@ -63,30 +79,45 @@ def _reliability_panel(ax, confidence: np.ndarray, correct: np.ndarray, n_bins: 
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     total = bins.counts.sum()
     ece = float(np.sum(bins.counts[filled] / total * np.abs(bins.accuracy[filled] - bins.mean_confidence[filled])))
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max softmax of the first K)", ylabel="accuracy")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
     ax.set_title(f"{title}\nECE {100 * ece:.2f}% ({n_bins} bins, n = {total})", fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
+    _bin_count_panel(count_ax, centres, bins.counts, width)
+    count_ax.set_xlabel("confidence (max softmax of the first K)")
+
+
+def reliability_figure(
+    logits, labels, num_classes: int, temperature: Optional[float] = None,
+    fit_fraction: float = 0.2, seed: int = 0, n_bins: int = DEFAULT_ECE_BINS,
+) -> Figure:
+    """The reliability diagram of the K-class classifier as a figure: per panel, accuracy against
+    confidence in ``n_bins`` bins, and under it how many images each bin holds (the axes labelled
+    :data:`BIN_COUNT_AXES`, one text per non-empty bin), so that a bar of 3 images is not read
+    like a bar of 3,000. With ``temperature`` a second panel shows the temperature-scaled model
+    on the evaluation part of :func:`temperature_split`."""
+    panels = 1 if temperature is None else 2
+    figure = _figure(4.6 * panels, 5.6)
+    grid = figure.add_gridspec(2, panels, height_ratios=(3, 1))
+
+    def panel(column: int, confidence: np.ndarray, correct: np.ndarray, title: str) -> None:
+        ax = figure.add_subplot(grid[0, column])
+        _reliability_panel(ax, figure.add_subplot(grid[1, column], sharex=ax), confidence, correct, n_bins, title)
+
+    panel(0, *top1_confidence(logits, labels, num_classes), "as trained, ID test set")
+    if temperature is not None:
+        _, evaluate = temperature_split(len(labels), fit_fraction, seed)
+        scaled = np.asarray(logits, np.float64)[evaluate, :num_classes] / temperature
+        panel(1, *top1_confidence(scaled, np.asarray(labels)[evaluate], num_classes),
+              f"temperature-scaled (T = {temperature:.3f}), {100 * (1 - fit_fraction):g}% split")
+    return figure
 
 
 def plot_reliability(
     path, logits, labels, num_classes: int, temperature: Optional[float] = None,
-    fit_fraction: float = 0.2, seed: int = 0, n_bins: int = 15,
+    fit_fraction: float = 0.2, seed: int = 0, n_bins: int = DEFAULT_ECE_BINS,
 ) -> Path:
-    """Reliability diagram of the K-class classifier; with ``temperature`` a second panel shows
-    the temperature-scaled model on the evaluation part of :func:`temperature_split`."""
-    panels = 1 if temperature is None else 2
-    figure = _figure(4.6 * panels, 4.4)
-    confidence, correct = top1_confidence(logits, labels, num_classes)
-    _reliability_panel(figure.add_subplot(1, panels, 1), confidence, correct, n_bins, "as trained, ID test set")
-    if temperature is not None:
-        _, evaluate = temperature_split(len(labels), fit_fraction, seed)
-        scaled = np.asarray(logits, np.float64)[evaluate, :num_classes] / temperature
-        confidence, correct = top1_confidence(scaled, np.asarray(labels)[evaluate], num_classes)
-        _reliability_panel(
-            figure.add_subplot(1, panels, 2), confidence, correct, n_bins,
-            f"temperature-scaled (T = {temperature:.3f}), {100 * (1 - fit_fraction):g}% split",
-        )
-    return _save(figure, path)
+    """Writes :func:`reliability_figure` to ``path``."""
+    return _save(reliability_figure(logits, labels, num_classes, temperature, fit_fraction, seed, n_bins), path)
 
 
 def plot_roc(path, id_scores, ood_scores: Mapping[str, np.ndarray], score_name: str) -> Path:
@@ -212,7 +243,7 @@ def write_plots(directory, results: Mapping, arrays, records: Optional[Sequence[
     ts = results.get("temperature_scaling") or {}
     plot_reliability(
         directory / PLOT_FILES["reliability"], arrays.test_logits, arrays.test_labels, arrays.num_classes,
-        ts.get("temperature"), ts.get("fit_fraction", 0.2), ts.get("seed", 0),
+        ts.get("temperature"), ts.get("fit_fraction", 0.2), ts.get("seed", 0), ece_bins(results),
     )
     written.append(PLOT_FILES["reliability"])
     primary = results["primary_score"]

@@ -1,8 +1,9 @@
-"""Every OOD score moon-jax reports, in one registry, and the ones that need more than logits.
+"""The OOD scores that need more than logits: the network itself (ODIN) or its features.
 
 Scores ("postprocessors" in OpenOOD's vocabulary: Yang et al. 2022, "OpenOOD: Benchmarking
 Generalized Out-of-Distribution Detection", NeurIPS Datasets & Benchmarks; Zhang et al. 2023,
-v1.5) are "higher = more in-distribution". They come in three kinds (:data:`SCORE_KINDS`):
+v1.5) are "higher = more in-distribution". They come in three kinds; the registry of every score
+(name, kind, function, description, defaults) is :mod:`moon_jax.evaluation.score_registry`:
 
 * ``logits`` -- a NumPy float64 function of the logits (:mod:`moon_jax.moon.scores`):
   ``moon_msp``, ``msp``, ``known_probability``, ``max_logit``, ``energy``.
@@ -53,52 +54,6 @@ REACT_PERCENTILE = 90.0
 TRAIN_FEATURE_EXAMPLES = 10_000
 #: Seed of that subset.
 TRAIN_FEATURE_SEED = 0
-
-LOGIT_SCORES = logit_scores.LOGIT_SCORES
-MODEL_SCORES = ("odin",)
-FEATURE_SCORES = ("mahalanobis", "knn", "react")
-#: Every score name, in the order reports list them.
-ALL_SCORES = ("moon_msp", "msp", "known_probability", "max_logit", "energy") + MODEL_SCORES + FEATURE_SCORES
-#: name -> ``logits`` | ``model`` | ``features``.
-SCORE_KINDS = {
-    **{name: "logits" for name in LOGIT_SCORES},
-    **{name: "model" for name in MODEL_SCORES},
-    **{name: "features" for name in FEATURE_SCORES},
-}
-#: One line per score for captions: what it is and where it comes from.
-SCORE_DESCRIPTIONS = {
-    "moon_msp": "softmax over all K+1 outputs, max over the first K (MOON reference)",
-    "msp": "max softmax of the first K logits (Hendrycks & Gimpel 2017)",
-    "known_probability": "1 - p(unknown) of the K+1 softmax (MOON)",
-    "max_logit": "max of the first K logits (Hendrycks et al. 2022)",
-    "energy": "logsumexp of the first K logits, T=1 (Liu et al. 2020)",
-    "odin": f"max softmax at T={ODIN_TEMPERATURE:g} after an eps={ODIN_EPSILON} input perturbation (Liang et al. 2018)",
-    "mahalanobis": "max over classes of -Mahalanobis^2 to train class means, shared covariance (Lee et al. 2018, OpenOOD mds)",
-    "knn": f"-distance to the {KNN_K}th nearest normalised train feature (Sun et al. 2022)",
-    "react": f"energy after clipping features at the {REACT_PERCENTILE:g}th train percentile (Sun et al. 2021)",
-}
-
-
-def default_scores(has_unknown: bool) -> tuple[str, ...]:
-    """Every score that applies to the model; the first one is the primary score.
-
-    K+1 model: ``moon_msp`` first; plain K model: ``msp`` first. ``known_probability`` only
-    exists for a K+1 model.
-    """
-    return tuple(n for n in ALL_SCORES if has_unknown or n not in ("moon_msp", "known_probability"))
-
-
-def validate_scores(names: Optional[Sequence[str]], has_unknown: bool) -> tuple[str, ...]:
-    """``names`` checked (or the defaults when empty); raises ``ValueError`` naming a bad one."""
-    names = tuple(names) if names else default_scores(has_unknown)
-    for name in names:
-        if name not in SCORE_KINDS:
-            raise ValueError(f"unknown OOD score {name!r}; allowed: {', '.join(ALL_SCORES)}")
-        if name == "known_probability" and not has_unknown:
-            raise ValueError("score 'known_probability' needs a K+1 (MOON) model")
-    if len(set(names)) != len(names):
-        raise ValueError(f"OOD scores listed twice: {', '.join(names)}")
-    return names
 
 
 # --------------------------------------------------------------------------------- features
@@ -245,21 +200,6 @@ def fit_feature_statistics(
         react_threshold=react_threshold(f, percentile),
         num_train=int(f.shape[0]),
     )
-
-
-def feature_score(name: str, features, stats: FeatureStatistics, head: tuple, num_known: int, k: int = KNN_K) -> np.ndarray:
-    """The feature score ``name`` (``mahalanobis``, ``knn`` or ``react``) of ``features``.
-
-    ``head`` = ``(kernel (D, C), bias (C,))`` of the classifier (ReAct only); ``k`` is KNN's
-    neighbour rank.
-    """
-    if name == "mahalanobis":
-        return mahalanobis_score(features, stats.class_means, stats.precision)
-    if name == "knn":
-        return knn_score(features, stats.bank, k)
-    if name == "react":
-        return react_score(features, stats.react_threshold, head[0], head[1], num_known)
-    raise ValueError(f"{name!r} is not a feature score; those are {', '.join(FEATURE_SCORES)}")
 
 
 # --------------------------------------------------------------------------------- ODIN

@@ -10,6 +10,7 @@ import jax
 
 from moon_jax import moon, sparse
 from moon_jax.evaluation import postprocessors as pp
+from moon_jax.evaluation.score_registry import BY_NAME
 from moon_jax.evaluation.evaluate import (
     ModelFunctions,
     evaluate_full,
@@ -86,7 +87,7 @@ def evaluate_state(
     """Full evaluation (ID + every OOD set, every score) of the model a state reports.
 
     Scores: ``config.eval.scores``, or every score that applies
-    (:func:`postprocessors.default_scores`). Adds to the results of
+    (:func:`score_registry.default_scores`). Adds to the results of
     :func:`moon_jax.evaluation.evaluate_full` the keys ``model`` (which model), ``step``,
     ``density`` (measured), ``layer_density`` (per layer, of the masks), ``method``,
     ``dataset`` and ``architecture``. With ``return_arrays`` returns ``(results, EvalArrays)``.
@@ -106,7 +107,7 @@ def evaluate_state(
     results["method"] = describe_method(config)
     results["dataset"] = config.data.dataset
     results["architecture"] = config.model.name
-    if moon.averaged_params(state.opt_state) is not None and pp.SCORE_KINDS[results["primary_score"]] == "logits":
+    if moon.averaged_params(state.opt_state) is not None and BY_NAME[results["primary_score"]].kind == "logits":
         results["last_iterate"] = last_iterate_results(setup, state, data, config, results["primary_score"])
     return (results, arrays) if return_arrays else results
 

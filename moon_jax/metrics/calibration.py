@@ -334,10 +334,11 @@ def classification_metrics(
 
     * ``acc``: top-1 accuracy of argmax over the first K logits (the extra "unknown" logit can
       never be predicted; this is also how the reference's OOD csv predicts labels).
-    * ``ece`` (15 bins, Guo et al. 2017 (lo, hi]), ``nll``, ``brier``: from the softmax of the
-      first K logits only, i.e. the known-class probabilities renormalised to sum to 1.  The
-      calibration numbers are therefore those of a K-class classifier, directly comparable with
-      a plain K-output model; the unknown logit's mass is an OOD signal, not a prediction.
+    * ``ece`` (``n_bins`` bins, 15 by default, Guo et al. 2017 (lo, hi]), ``nll``, ``brier``:
+      from the softmax of the first K logits only, i.e. the known-class probabilities
+      renormalised to sum to 1.  The calibration numbers are therefore those of a K-class
+      classifier, directly comparable with a plain K-output model; the unknown logit's mass is
+      an OOD signal, not a prediction.
       The ECE confidence is the max of that K-class softmax; "correct" is the ``acc`` criterion.
     * ``acc_reference``, ``ece_reference``: what the MOON reference evaluator
       (``eval_acc``) reports -- softmax over ALL K+1 outputs, prediction = argmax over all

@@ -22,8 +22,9 @@ out), so that the same score means the same thing for a MOON model and for its b
   perturbation is done (:mod:`moon_jax.evaluation.postprocessors`).
 
 Scores that need the network itself (ODIN) or its penultimate features (Mahalanobis, KNN,
-ReAct) live in :mod:`moon_jax.evaluation.postprocessors`, which also holds the registry of every
-score name.
+ReAct) live in :mod:`moon_jax.evaluation.postprocessors`; the registry of every score the
+evaluation reports (name, kind, function, description, defaults) is
+:mod:`moon_jax.evaluation.score_registry`. These functions stay pure and know nothing of it.
 
 The predicted class is always the argmax over the first K logits (:func:`predict`).
 """
@@ -32,12 +33,6 @@ from __future__ import annotations
 import numpy as np
 
 from moon_jax.metrics.calibration import log_softmax64 as log_softmax
-
-#: The scores of the MOON paper's evaluation (kept as the historic default set).
-MOON_SCORES = ("moon_msp", "msp", "known_probability", "energy")
-#: Every score computed from the logits alone.
-LOGIT_SCORES = MOON_SCORES + ("max_logit",)
-
 
 def _as64(logits) -> np.ndarray:
     x = np.asarray(logits, dtype=np.float64)
@@ -90,28 +85,13 @@ def predict(logits, num_known: int) -> np.ndarray:
     return _as64(logits)[:, :num_known].argmax(axis=1)
 
 
-_FUNCTIONS = {
-    "moon_msp": moon_msp,
-    "msp": msp,
-    "known_probability": known_probability,
-    "energy": energy,
-    "max_logit": max_logit,
-}
+#: The logit scores of this module by name (for :func:`score`).
+LOGIT_FUNCTIONS = {f.__name__: f for f in (moon_msp, msp, known_probability, max_logit, energy)}
 
 
 def score(name: str, logits, num_known: int) -> np.ndarray:
-    """The logit score called ``name`` (one of :data:`LOGIT_SCORES`)."""
-    if name not in _FUNCTIONS:
-        raise ValueError(f"unknown logit score {name!r}; allowed: {', '.join(LOGIT_SCORES)}")
-    return _FUNCTIONS[name](logits, num_known)
-
-
-def default_logit_scores(has_unknown: bool) -> tuple[str, ...]:
-    """Logit scores reported by default; the first one is the primary score.
-
-    K+1 (MOON) model: ``moon_msp`` first (the reference's score), then MSP, 1 - p_unknown,
-    MaxLogit, energy. Plain K model: MSP, MaxLogit, energy.
-    """
-    if has_unknown:
-        return ("moon_msp", "msp", "known_probability", "max_logit", "energy")
-    return ("msp", "max_logit", "energy")
+    """The logit score called ``name`` (a key of :data:`LOGIT_FUNCTIONS`), for callers that pick
+    a score by name without the evaluation package."""
+    if name not in LOGIT_FUNCTIONS:
+        raise ValueError(f"unknown logit score {name!r}; allowed: {', '.join(LOGIT_FUNCTIONS)}")
+    return LOGIT_FUNCTIONS[name](logits, num_known)

@@ -13,7 +13,10 @@ has one (MOON), else the last iterate. Prints Markdown tables and writes <workdi
 training_curves.png next to it (--noplots skips them).
 
 --compare DIR1 DIR2 ...: one table across runs, printed and written to <--output or the current
-directory>/report.md with every run's plots. A workdir's eval.json is reused when this version
+directory>/report.md with every run's plots. It compares like with like: one table per ID set, and
+the OOD means are over the OOD sets all runs of a table share (a line under the table names the
+sets left out of each run's mean, and the primary scores when they differ beyond moon_msp / msp).
+A workdir's eval.json is reused when this version
 wrote it for the latest checkpoint (and its plots exist); otherwise the workdir is evaluated.
 """
 from absl import app, flags
@@ -21,7 +24,7 @@ from absl import app, flags
 from moon_jax import data
 from moon_jax.evaluation.checkpoint_eval import evaluate_workdir
 from moon_jax.evaluation.compare import compare_workdirs
-from moon_jax.evaluation.postprocessors import ALL_SCORES
+from moon_jax.evaluation.score_registry import check_names
 from moon_jax.metrics import split_group_prefix
 from moon_jax.programs.cli import parse_flags, quiet_library_logs, run_program
 from moon_jax.programs.runtime import enable_compilation_cache, initialize_distributed
@@ -29,7 +32,11 @@ from moon_jax.training.config import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
-flags.DEFINE_boolean("compare", False, "Compare the workdirs given as arguments: one table, and report.md.")
+flags.DEFINE_boolean(
+    "compare", False,
+    "Compare the workdirs given as arguments: one table per ID set, and report.md. OOD means cover only the OOD "
+    "sets all runs of a table share; a line under the table names what each run's mean left out.",
+)
 flags.DEFINE_list(
     "ood", None,
     "OOD sets to evaluate (default: the run's config.data.ood_datasets): registered names, or paths to a folder of "
@@ -39,7 +46,8 @@ flags.DEFINE_list(
 flags.DEFINE_list(
     "scores", None,
     "OOD scores, the first one primary (default: every score that applies, moon_msp first for K+1 models, msp "
-    "otherwise). Allowed: moon_msp, msp, known_probability, max_logit, energy, odin, mahalanobis, knn, react.",
+    "otherwise). Allowed: the names in SCORES of moon_jax/evaluation/score_registry.py (moon_msp, knn, ...); a "
+    "wrong name is answered with the full list.",
 )
 flags.DEFINE_string("data_dir", None, "Where the datasets are (default: the run's config / MOON_JAX_DATA_DIR).")
 flags.DEFINE_integer("batch_size", None, "Evaluation batch size (default: the run's config.train.eval_batch_size).")
@@ -58,11 +66,12 @@ flags.DEFINE_integer(
 
 
 def _check_scores(names):
-    """Unknown score names stop eval.py with one line (exit status 2) before anything loads."""
-
-    bad = [n for n in names or () if n not in ALL_SCORES]
-    if bad:
-        raise ConfigError(f"--scores: unknown score(s) {', '.join(bad)}; allowed: {', '.join(ALL_SCORES)}")
+    """Unknown or repeated score names stop eval.py with one line (exit status 2) before the
+    checkpoint loads; the score registry (moon_jax/evaluation/score_registry.py) decides."""
+    try:
+        check_names(names or ())
+    except ValueError as err:
+        raise ConfigError(f"--scores: {err}") from None
 
 
 def _check_ood(names):

@@ -118,7 +118,7 @@ def _summary_note(first: Mapping) -> str:
     headline_sets = ", ".join(n for n in all_sets if not is_noise_set(n)) or "the non-noise sets"
     noise_sets = ", ".join(n for n in all_sets if is_noise_set(n)) or "none"
     return (
-        f"ACC, ECE (15 bins), NLL of the K-class softmax on the {first.get('num_test', '?')} ID test images; train ACC: "
+        f"ACC, ECE ({first.get('ece_bins', 15)} bins), NLL of the K-class softmax on the {first.get('num_test', '?')} ID test images; train ACC: "
         "the same model in eval mode on a fixed subset of (at most 10,000) stored training images. score: the run's "
         "primary score, the paper's (`moon_msp` for a K+1 head: softmax over K+1 outputs, max over the first K; MSP "
         f"otherwise). mean AUROC / FPR95: plain mean over {headline_sets}; noise AUROC: mean "

@@ -280,6 +280,7 @@ def test_a_damaged_newest_checkpoint_gives_way_to_the_newest_that_restores(tmp_p
     # train.py resumes from step 70 and finishes the run again
     out = run(train_command(config_file(tmp_path), workdir))
     assert out.returncode == 0 and "from the checkpoint at step 70" in out.stdout, out.stderr[-3000:]
+    assert (workdir / "damaged_checkpoints" / "80").is_dir()  # set aside, still kept
     # none restores: one error line
     for step in Checkpointer(workdir).all_steps():
         damage(workdir, step)

@@ -276,6 +276,28 @@ class Checkpointer:
             ) from None
         return restored.state, meta
 
+    def set_aside_damaged(self, destination) -> list[Path]:
+        """Moves the damaged checkpoints found so far (newer than the one restored) into
+        ``destination``, kept for inspection, so that training past their steps can save again.
+        Returns where they went."""
+        moved = []
+        for step in sorted(self._reported_damaged):
+            source = self.directory / str(step)
+            if not source.exists():
+                continue
+            target = Path(destination) / str(step)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():
+                    target = target.with_name(f"{step}.{len(list(target.parent.iterdir()))}")
+                source.rename(target)
+            except OSError as err:
+                raise write_error(target, err) from None
+            moved.append(target)
+        if moved:
+            self._manager.reload()
+        return moved
+
     def restore_newest(self, abstract_state, config: ml_collections.ConfigDict, allow_changed: Sequence[str] = ()):
         """:meth:`restore` of the newest checkpoint that restores: a damaged newer one is named
         in one warning line and kept. Returns ``(state, meta)``; raises :class:`CheckpointError`

@@ -308,6 +308,8 @@ def open_run(run_dir: RunDirectory, config, setup: TrainingSetup, data: RunData,
     step = int(meta["step"])
     log(f"resuming {run_dir.path} from the checkpoint at step {step} (epoch {meta.get('epoch', '?')})")
     if primary:
+        for moved in checkpointer.set_aside_damaged(run_dir.damaged_checkpoints_dir):
+            log(f"the damaged checkpoint is kept in {moved}")
         run_dir.truncate_metrics(step)
         if not run_dir.config_matches(config):
             run_dir.write_config(config)

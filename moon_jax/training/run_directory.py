@@ -11,6 +11,7 @@ Layout::
     <workdir>/wall_time.jsonl  a driver's record of each train.py invocation
     <workdir>/.moon_jax.lock   held by the training process that owns the directory
     <workdir>/stale-<time>/    files of an earlier run that never saved a checkpoint
+    <workdir>/damaged_checkpoints/  checkpoints that could not be restored, set aside by a resume
 
 What goes wrong with files is handled here, once: every write either completes or leaves the
 file as it was and raises :class:`WriteError` with one line naming the path (no space left, a
@@ -40,6 +41,7 @@ TRAIN_LOG = "train.log"
 WALL_TIME = "wall_time.jsonl"
 LOCK = ".moon_jax.lock"
 STALE_PREFIX = "stale-"
+DAMAGED_CHECKPOINTS = "damaged_checkpoints"
 #: The files a training run writes itself (a driver's train.log and wall_time.jsonl are not).
 RUN_OUTPUTS = (CONFIG, METRICS, TENSORBOARD, RESULTS)
 
@@ -242,6 +244,10 @@ class RunDirectory:
     @property
     def tensorboard_dir(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def damaged_checkpoints_dir(self) -> Path:
+        return self.path / DAMAGED_CHECKPOINTS
 
     @property
     def results_path(self) -> Path:

@@ -22,7 +22,6 @@ The evaluation is deterministic, so a reused and a recomputed eval.json hold the
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -32,7 +31,9 @@ from moon_jax.evaluation.plots import PLOT_FILES
 from moon_jax.evaluation.report import ece_bins, format_percent
 from moon_jax.evaluation.score_registry import default_scores
 from moon_jax.metrics import group_means, ood_groups, ood_table_mean
-from moon_jax.training.checkpoint import CheckpointError, Checkpointer
+from moon_jax.evaluation.checkpoint_eval import evaluate_workdir
+from moon_jax.training.checkpoint import CheckpointError
+from moon_jax.training.run_directory import RunDirectory
 
 REPORT_NAME = "report.md"
 COLUMNS = ("run", "method", "model", "score", "ACC", "ECE", "NLL", "AUROC", "FPR95", "near AUROC", "far AUROC")
@@ -61,33 +62,26 @@ def caption(runs: Sequence[tuple[str, Mapping]]) -> str:
 
 def eval_json_is_current(workdir, plots: bool) -> bool:
     """Whether ``<workdir>/eval.json`` can be reused (see the module docstring)."""
-    workdir = Path(workdir)
-    path = workdir / "eval.json"
-    if not path.exists():
-        return False
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return False
-    if results.get("format_version") != FORMAT_VERSION:
+    run_dir = RunDirectory(workdir)
+    results = run_dir.read_results()
+    if results is None or results.get("format_version") != FORMAT_VERSION:
         return False
     step = results.get("checkpoint_step", results.get("step"))
-    if step is None or step != Checkpointer(workdir).latest_step():
-        return False
-    if plots and not (results.get("plots") and all((workdir / name).exists() for name in results["plots"])):
+    with run_dir:
+        if step is None or step != run_dir.checkpointer.latest_step():
+            return False
+    if plots and not (results.get("plots") and all((run_dir.path / name).exists() for name in results["plots"])):
         return False
     return True
 
 
 def load_or_evaluate(workdir, plots: bool = True, force: bool = False, **evaluate_kwargs) -> tuple[dict, bool]:
     """``(results, evaluated)``: the up-to-date eval.json of ``workdir``, or a fresh evaluation."""
-    workdir = Path(workdir)
-    if not (workdir / "checkpoints").is_dir():
+    run_dir = RunDirectory(workdir)
+    if not run_dir.has_checkpoint_directory():
         raise CheckpointError(f"{workdir} has no checkpoints/ directory: --compare takes `python train.py` workdirs")
     if not force and eval_json_is_current(workdir, plots):
-        return json.loads((workdir / "eval.json").read_text()), False
-    from moon_jax.evaluation.checkpoint_eval import evaluate_workdir
-
+        return run_dir.read_results(), False
     return evaluate_workdir(workdir, plots=plots, verbose=False, **evaluate_kwargs), True
 
 
@@ -255,7 +249,7 @@ def compare_workdirs(
     runs = []
     for name, workdir in zip(names, workdirs):
         results, evaluated = load_or_evaluate(workdir, plots=plots, force=force, ood=ood, scores=scores, **evaluate_kwargs)
-        log(f"{name}: {'evaluated' if evaluated else 'read the up-to-date'} {Path(workdir) / 'eval.json'}")
+        log(f"{name}: {'evaluated' if evaluated else 'read the up-to-date'} {RunDirectory(workdir).results_path}")
         runs.append((name, Path(workdir), results))
     table = comparison_table([(n, r) for n, _, r in runs])
     report = write_report(Path(output_dir) if output_dir else Path.cwd(), runs)

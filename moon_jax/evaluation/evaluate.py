@@ -38,6 +38,7 @@ from moon_jax.metrics import (
     ood_table_mean,
     temperature_scaling,
 )
+from moon_jax.data.augment import normalize
 from moon_jax.devices import on_devices
 from moon_jax.moon.scores import predict
 
@@ -279,8 +280,6 @@ def flax_model_functions(model, variables, mean: Sequence[float], std: Sequence[
     return_features=True)`` returns ``(logits, penultimate features)`` and whose classifier is
     ``variables['params']['head']`` (every moon-jax model), with inputs normalised as in training,
     ``(images / 255 - mean) / std`` per channel."""
-    from moon_jax.data.augment import normalize
-
     def preprocess(images):
         return normalize(images, mean, std)
 

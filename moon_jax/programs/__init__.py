@@ -3,8 +3,7 @@ module: ``cli`` (flags, one-line errors and exit statuses, the default workdir),
 (multi-host initialisation, the compilation cache) and ``run`` (``train_and_evaluate``).
 
 This is program level: it imports ``moon_jax.training`` and ``moon_jax.evaluation``, and no
-package of moon_jax imports it. ``run`` (and with it JAX and the evaluation package) is loaded
-only when ``train_and_evaluate`` is first used, so that flag errors answer at once.
+package of moon_jax imports it.
 """
 from moon_jax.programs.cli import (
     DIVERGED,
@@ -23,14 +22,5 @@ from moon_jax.programs.cli import (
     quiet_library_logs,
     run_program,
 )
+from moon_jax.programs.run import train_and_evaluate
 from moon_jax.programs.runtime import compilation_cache_dir, enable_compilation_cache, initialize_distributed
-
-
-
-
-def __getattr__(name):
-    if name == "train_and_evaluate":
-        from moon_jax.programs.run import train_and_evaluate
-
-        return train_and_evaluate
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

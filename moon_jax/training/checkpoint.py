@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from moon_jax.training.config import base_config
 from moon_jax.training.run_directory import CHECKPOINTS, CONFIG, WriteError, free_bytes, warn, write_error
 
 # Fields that may change between a run and its resumption / evaluation without changing what is
@@ -88,8 +89,6 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
     A field the checkpoint lacks (added to :func:`moon_jax.training.config.base_config` after it
     was written) differs only when the current value is not the field's default.
     """
-    from moon_jax.training.config import base_config
-
     defaults = fingerprint(base_config())
     lines = []
     for key in sorted(set(saved) | set(current)):

@@ -10,6 +10,8 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from moon_jax.data import (DatasetFormatError, DatasetNotFoundError, available_datasets, check_dataset_path,
+                           names_a_path)
 from moon_jax.data.augment import AUGMENTATIONS
 from moon_jax.metrics import split_group_prefix
 from moon_jax.models import MODEL_NAMES
@@ -296,12 +298,8 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
         raise _fail("model.width", config.model.width, "only resnet18 and resnet50 take a width; use 0")
 
     if known_datasets is None:
-        from moon_jax.data import available_datasets
-
         known_datasets = available_datasets()
     known = tuple(known_datasets)
-
-    from moon_jax.data import DatasetFormatError, DatasetNotFoundError, check_dataset_path, names_a_path
 
     def check_dataset(field, name, purpose):
         if names_a_path(name):

@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from moon_jax.training.config import config_from_dict
+
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -266,7 +268,7 @@ class RunDirectory:
     def checkpointer(self):
         """The run's checkpointer (creates ``checkpoints/`` when it is first opened)."""
         if self._checkpointer is None:
-            from moon_jax.training.checkpoint import Checkpointer
+            from moon_jax.training.checkpoint import Checkpointer  # checkpoint.py imports this module
 
             self._checkpointer = Checkpointer(self.path, self.checkpoints_to_keep)
         return self._checkpointer
@@ -325,8 +327,7 @@ class RunDirectory:
 
     def read_saved_config(self, step: Optional[int] = None):
         """The config a checkpoint (the newest readable one by default) was trained with."""
-        from moon_jax.training.checkpoint import CheckpointError
-        from moon_jax.training.config import config_from_dict
+        from moon_jax.training.checkpoint import CheckpointError  # checkpoint.py imports this module
 
         meta = self.checkpointer.read_meta(step, fall_back=step is None)
         if "config" not in meta:

@@ -12,19 +12,42 @@ uint8 batch with the same on-device augmentation and normalisation. Both steps d
 
 Printed per step: bytes accessed and FLOPs (``compiled.cost_analysis()`` of the backend JAX runs
 on), the arrays passed in and out, and the ratios to the plain step. The rows for the steps that
-run rarely (the weight-snapshot variant: once per averaging epoch; the mask update: once per 80
-iterations in the first 70% of training) are for information. The last line is
+run rarely (the weight snapshot, run after the step once per averaging epoch; the mask update:
+once per 80 iterations in the first 70% of training) are for information. The last line is
 ``bytes ratio X``: hot MOON + RigL step / plain dense step. Target on the CPU backend at width 64,
 batch 128, fp32: X <= 1.02.
+
+**Compile time** (``--compile-rounds``, default 3; 0 skips it). What a run compiles, measured as
+XLA reports it (JAX's backend-compile events, by function, the persistent cache off), in fresh
+processes, the plain loop and a MOON + RigL run taking turns, one round after another:
+
+* the plain loop: ``model.init``, the plain step above, an eval-mode forward pass;
+* a MOON + RigL 90% run: ``train_and_evaluate`` itself on a short CIFAR-10 run (2 steps an epoch
+  over 4 epochs, every phase present: mask updates, a periodic evaluation, a checkpoint, the
+  weight snapshot, the BatchNorm refresh, the final evaluation with every score), at the same
+  width, batch and dtype (it reads CIFAR-10 from the packed copy, see the data README).
+
+The table gives each function's median seconds over the rounds, then the sums: before the first
+training step (the plain loop: init + step; the run: everything compiled up to and including its
+hot step) and for the whole run. The last lines are ``compile ratio X`` (before the first step,
+target <= 1.5) and ``compile ratio whole run Y`` (target <= 2.5).
 """
 from __future__ import annotations
 
 import argparse
-import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 
 import jax
+import jax.numpy as jnp
 
 from common import CIFAR_MEAN, CIFAR_STD, IMAGE_SHAPE, library_config, plain_dense_step, synthetic_batch
+from moon_jax.models import create_model
 from moon_jax.devices import DataParallel
 from moon_jax.training import compile_steps, create_train_state, create_training_setup
 
@@ -57,16 +80,125 @@ def moon_rigl_steps(width: int, batch: int, dtype: str):
     state = jax.eval_shape(lambda: create_train_state(setup, jax.random.PRNGKey(0), IMAGE_SHAPE))
     images, labels = synthetic_batch(batch)
     variants = {
-        "MOON + RigL 90%: hot step": (compiled.train, {"take_snapshot": False}),
-        "MOON + RigL 90%: snapshot step (rare)": (compiled.train, {"take_snapshot": True}),
-        "MOON + RigL 90%: mask update (rare)": (compiled.mask_update, {}),
+        "MOON + RigL 90%: hot step": (compiled.train, (state, images, labels)),
+        "MOON + RigL 90%: snapshot after the step (rare)": (compiled.snapshot, (state,)),
+        "MOON + RigL 90%: mask update (rare)": (compiled.mask_update, (state, images, labels)),
     }
     out = {}
-    for name, (fn, kwargs) in variants.items():
-        lowered = fn.lower(state, images, labels, **kwargs)
-        shapes = jax.eval_shape(functools.partial(fn, **kwargs), state, images, labels)
-        out[name] = (lowered.compile(), count_arrays(state, images, labels), count_arrays(shapes))
+    for name, (fn, args) in variants.items():
+        out[name] = (fn.lower(*args).compile(), count_arrays(*args), count_arrays(jax.eval_shape(fn, *args)))
     return out
+
+
+# ----------------------------------------------------------------------------- compile time
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+#: Where a run's compiles stop counting as "before the first step": its hot step.
+HOT_STEP = "train_step"
+
+
+def record_compiles() -> list[tuple[str, float]]:
+    """Starts recording every backend compile of this process as ``(function, seconds)``."""
+    from jax._src import monitoring  # the listener API that carries the function name
+
+    compiles: list[tuple[str, float]] = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE_EVENT:
+            compiles.append((str(kwargs.get("fun_name", "?")), float(duration)))
+
+    monitoring.register_event_duration_secs_listener(listener)
+    return compiles
+
+
+def plain_loop_compiles(width: int, batch: int, dtype: str) -> dict:
+    """The plain loop's compiles: init and step (before its first step), then an eval forward."""
+    compiles = record_compiles()
+    step, state = plain_dense_step(width, dtype)  # compiles model.init
+    images, labels = synthetic_batch(batch)
+    state, loss = step(state, images, labels)
+    jax.block_until_ready(loss)
+    before = len(compiles)
+    model = create_model("resnet18", 10, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, width=width)
+    forward = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.float32) / 255.0, train=False))
+    jax.block_until_ready(forward({"params": state[0], "batch_stats": state[1]}, images))
+    return {"compiles": compiles, "before_first_step": before}
+
+
+def run_compiles(width: int, batch: int, dtype: str) -> dict:
+    """A short MOON + RigL 90% run's compiles (``train_and_evaluate``, every phase present)."""
+    from moon_jax.programs import train_and_evaluate
+
+    config = library_config("rigl", True, batch, dtype, width, update_every=1)
+    config.data.dataset = "cifar10"
+    config.data.ood_datasets = ("tin_resize", "gaussian_noise")
+    config.data.num_train_examples = 2 * batch
+    config.data.num_test_examples = batch
+    config.data.num_ood_examples = batch
+    config.train.epochs, config.train.constant_lr_epochs = 4, 1
+    config.train.eval_batch_size = batch
+    config.train.log_every_steps = 2
+    config.train.eval_every_epochs, config.train.checkpoint_every_epochs = 2, 2
+    config.train.progress_bar = False
+    config.moon.warmup_epochs, config.moon.averaging_epochs = 1, 1
+    config.sparse.end_fraction = 0.5
+    compiles = record_compiles()
+    with tempfile.TemporaryDirectory() as workdir:
+        train_and_evaluate(config, workdir)
+    hot = [i for i, (name, _) in enumerate(compiles) if HOT_STEP in name]
+    return {"compiles": compiles, "before_first_step": hot[0] + 1 if hot else len(compiles)}
+
+
+def compile_worker(kind: str, width: int, batch: int, dtype: str) -> None:
+    """One fresh process's measurement, printed as one JSON line."""
+    measure = plain_loop_compiles if kind == "plain" else run_compiles
+    print("COMPILES " + json.dumps(measure(width, batch, dtype)), flush=True)
+
+
+def measure_in_fresh_process(kind: str, args) -> dict:
+    """Runs :func:`compile_worker` in a new Python process (no compilation cache)."""
+    env = dict(os.environ, MOON_JAX_COMPILATION_CACHE="0", JAX_ENABLE_COMPILATION_CACHE="false")
+    command = [sys.executable, os.path.abspath(__file__), f"--compile-worker={kind}", f"--width={args.width}",
+               f"--batch={args.batch}", f"--dtype={args.dtype}"]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("COMPILES ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"the {kind} compile measurement failed: {out.stderr[-2000:]}")
+    return json.loads(lines[-1][len("COMPILES "):])
+
+
+def compile_table(rounds: list[dict[str, dict]]) -> list[str]:
+    """Markdown lines: median seconds per function and side, the sums, and the two ratios."""
+    def per_function(measurement):
+        totals: dict[str, float] = {}
+        for name, seconds in measurement["compiles"]:
+            totals[name] = totals.get(name, 0.0) + seconds
+        return totals
+
+    def sums(measurement):
+        seconds = [s for _, s in measurement["compiles"]]
+        return sum(seconds[: measurement["before_first_step"]]), sum(seconds)
+
+    lines = ["| side | function | compile seconds (median) | times compiled |", "| --- | --- | ---: | ---: |"]
+    for side in ("plain", "library"):
+        names = sorted({n for r in rounds for n, _ in r[side]["compiles"]})
+        for name in names:
+            values = [per_function(r[side]).get(name, 0.0) for r in rounds]
+            count = statistics.median(sum(n == name for n, _ in r[side]["compiles"]) for r in rounds)
+            label = "plain loop" if side == "plain" else "MOON + RigL run"
+            lines.append(f"| {label} | `{name}` | {statistics.median(values):.2f} | {count:g} |")
+    before = {side: statistics.median(sums(r[side])[0] for r in rounds) for side in ("plain", "library")}
+    whole = {side: statistics.median(sums(r[side])[1] for r in rounds) for side in ("plain", "library")}
+    lines += [
+        "",
+        "| compiled | plain loop (s) | MOON + RigL run (s) | ratio |",
+        "| --- | ---: | ---: | ---: |",
+        f"| before the first step | {before['plain']:.2f} | {before['library']:.2f} | {before['library'] / before['plain']:.2f} |",
+        f"| whole run | {whole['plain']:.2f} | {whole['library']:.2f} | {whole['library'] / whole['plain']:.2f} |",
+        "",
+        f"compile ratio {before['library'] / before['plain']:.2f}",
+        f"compile ratio whole run {whole['library'] / whole['plain']:.2f}",
+    ]
+    return lines
 
 
 def main() -> None:
@@ -74,7 +206,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: the real network)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--compile-rounds", type=int, default=3,
+                        help="rounds of the compile-time measurement (plain loop and run in fresh processes); 0 skips it")
+    parser.add_argument("--compile-worker", choices=("plain", "library"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compile_worker:
+        compile_worker(args.compile_worker, args.width, args.batch, args.dtype)
+        return
 
     rows = {"plain Flax/Optax dense step": plain_step_cost(args.width, args.batch, args.dtype)}
     rows.update(moon_rigl_steps(args.width, args.batch, args.dtype))
@@ -91,6 +229,15 @@ def main() -> None:
         print(f"| {name} | {b / 1e6:,.1f} | {f / 1e9:,.2f} | {n_in} / {n_out} | {b / base_bytes:.4f} | {f / base_flops:.4f} |")
     hot_bytes, _ = cost(rows["MOON + RigL 90%: hot step"][0])
     print(f"bytes ratio {hot_bytes / base_bytes:.4f}")
+    if args.compile_rounds:
+        rounds = []
+        for i in range(args.compile_rounds):
+            order = ("plain", "library") if i % 2 == 0 else ("library", "plain")
+            t0 = time.perf_counter()
+            rounds.append({kind: measure_in_fresh_process(kind, args) for kind in order})
+            print(f"compile round {i + 1}/{args.compile_rounds}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        print(f"\nCompile time, {args.compile_rounds} rounds in fresh processes (persistent cache off):\n")
+        print("\n".join(compile_table(rounds)))
 
 
 if __name__ == "__main__":

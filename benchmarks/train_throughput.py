@@ -78,7 +78,9 @@ def library_runner(method: str, moon: bool, width: int, dtype: str, batch: int, 
                 holder["state"], metrics = compiled.mask_update(holder["state"], images, labels)
             else:
                 snapshot = setup.uses_averaging and i == steps - 1
-                holder["state"], metrics = compiled.train(holder["state"], images, labels, take_snapshot=snapshot)
+                holder["state"], metrics = compiled.train(holder["state"], images, labels)
+                if snapshot:
+                    holder["state"] = compiled.snapshot(holder["state"])
         return metrics["loss"]
 
     return run

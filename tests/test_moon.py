@@ -299,3 +299,25 @@ def test_unknown_logit_rises_only_for_examples_above_the_cross_entropy_threshold
     assert unknown_logit_gradient(above) < 0  # descent raises it
     correct = jnp.array([[3.0, 0.0, -30.0, -12.0]])
     assert unknown_logit_gradient(correct) > 0
+
+
+def test_a_snapshot_taken_after_the_step_equals_one_taken_inside_it():
+    """The training loop folds the new parameters into the average with a small function run
+    after the step (no second compiled copy of the step); it must equal the transformation's own
+    ``take_snapshot=True``."""
+    params = {"w": jnp.arange(6.0).reshape(2, 3) / 7, "b": jnp.ones(3)}
+    tx = optax.chain(optax.sgd(0.1, momentum=0.9), moon.weight_averaging())
+    state = tx.init(params)
+    checked = 0
+    for i in range(4):
+        grads = jax.tree.map(lambda p: jnp.sin(p * (i + 1)), params)
+        inside_updates, inside = tx.update(grads, state, params, take_snapshot=True)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        after = moon.snapshot_into(state, params)
+        assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), inside, after))
+        assert int(moon.find_averaging_state(after).count) == int(moon.find_averaging_state(state).count) + 1
+        state = after
+        checked += 1
+    assert checked == 4
+    assert moon.snapshot_into({"no": "averaging"}, params) == {"no": "averaging"}

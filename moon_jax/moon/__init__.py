@@ -22,6 +22,7 @@ from moon_jax.moon.averaging import (
     BatchStatsAccumulator,
     accumulate_batch_stats,
     add_snapshot,
+    snapshot_into,
     averaged_params,
     averaging_start_epoch,
     find_averaging_state,

@@ -113,6 +113,17 @@ def add_snapshot(state: AveragingState, params: PyTree, take_snapshot=True) -> A
     return AveragingState(average=jax.tree.map(fold, state.average, params), count=count)
 
 
+def snapshot_into(opt_state: PyTree, params: PyTree) -> PyTree:
+    """``opt_state`` with ``params`` folded into the weight average it holds (a no-op without
+    :func:`weight_averaging`): the snapshot as a small function of its own, run after an
+    ordinary step at the snapshot steps, so that no second copy of the whole training step has
+    to be compiled for them. Identical to ``update(..., take_snapshot=True)``, whose new
+    parameters ``params + updates`` are the ones the step returns."""
+    is_average = lambda node: isinstance(node, AveragingState)  # noqa: E731
+    return jax.tree.map(lambda node: add_snapshot(node, params) if is_average(node) else node, opt_state,
+                        is_leaf=is_average)
+
+
 def averaging_start_epoch(total_epochs: int, averaging_epochs: int) -> int:
     """0-based epoch at whose end the first snapshot is taken (``E - deduct`` in 1-based)."""
     return total_epochs - averaging_epochs - 1

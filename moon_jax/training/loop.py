@@ -74,13 +74,12 @@ def build_run(config: ml_collections.ConfigDict, with_ood: bool = True) -> tuple
 
 
 class CompiledSteps(NamedTuple):
-    """The jitted steps of a setup, each compiled once (on first use) and reused.
-
-    ``train`` takes ``take_snapshot`` as a static argument: two variants, the one that
-    snapshots runs only at snapshot steps.
-    """
+    """The jitted steps of a setup, each compiled once (on first use) and reused: the hot
+    ``train`` step, the small ``snapshot`` run after it at snapshot steps, the ``mask_update``
+    iteration and the BatchNorm refresh's ``accumulate_batch_stats``."""
 
     train: Callable
+    snapshot: Callable
     mask_update: Callable
     accumulate_batch_stats: Callable
 
@@ -89,10 +88,8 @@ def compile_steps(setup: TrainingSetup, placement: DataParallel) -> CompiledStep
     """Binds the setup to the step functions and jits them (state donated, replicated)."""
     out = (placement.replicated, placement.replicated)
     return CompiledSteps(
-        train=jax.jit(
-            functools.partial(steps.train_step, setup), donate_argnums=0, out_shardings=out,
-            static_argnames="take_snapshot",
-        ),
+        train=jax.jit(functools.partial(steps.train_step, setup), donate_argnums=0, out_shardings=out),
+        snapshot=jax.jit(steps.snapshot_step, donate_argnums=0, out_shardings=placement.replicated),
         mask_update=jax.jit(functools.partial(steps.mask_update_step, setup), donate_argnums=0, out_shardings=out),
         accumulate_batch_stats=jax.jit(functools.partial(steps.accumulate_batch_stats, setup)),
     )
@@ -123,7 +120,8 @@ def refresh_averaged_batch_stats(
     count = int(found.count)
     if count == 0 or int(state.averaged_batch_stats_snapshots) == count:
         return state
-    acc = moon.init_batch_stats_accumulator(state.batch_stats)
+    # placed like the state, so that the first call compiles the same program as the rest
+    acc = jax.device_put(moon.init_batch_stats_accumulator(state.batch_stats), found.count.sharding)
     indices = epoch_batch_indices(train_data.size, batch_size, seed, 10**6)
     key = jax.random.PRNGKey(seed + 1)
     for i, row in enumerate(indices):
@@ -369,7 +367,9 @@ def _train_locked(config, run_dir: RunDirectory, data: RunData, setup: TrainingS
                     if setup.is_mask_update_step(step):
                         state, metrics = compiled.mask_update(state, images, labels)
                     else:
-                        state, metrics = compiled.train(state, images, labels, take_snapshot=schedule.is_snapshot_step(step))
+                        state, metrics = compiled.train(state, images, labels)
+                        if schedule.is_snapshot_step(step):
+                            state = compiled.snapshot(state)
                     reporter.add(metrics)
                     step += 1
                     if step % config.train.log_every_steps == 0 or step == total or stops.requested:

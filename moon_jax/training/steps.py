@@ -8,7 +8,8 @@ optimizer step -> weight-average snapshot when scheduled. The learning rate foll
 iteration, mask-update iterations included.
 
 The hot step does a dense step's work plus the mask work: the weight average is touched only by
-the compiled variant that takes a snapshot (``take_snapshot`` is static, decided on the host), the
+:func:`snapshot_step`, a small function run after the step at the snapshot steps (decided on the
+host), the
 non-finite guard is one scalar marker set from the loss (the host stops the run before anything
 is saved), and bookkeeping such as the measured density runs at logging time, not here.
 """
@@ -141,21 +142,23 @@ def _finish(setup: TrainingSetup, old: TrainState, new: TrainState, loss, aux) -
     return new, metrics
 
 
-def train_step(
-    setup: TrainingSetup, state: TrainState, images: jax.Array, labels: jax.Array, take_snapshot: bool = False
-) -> tuple[TrainState, dict]:
-    """One masked optimizer iteration on a uint8 batch; ``take_snapshot`` (static) folds the new
-    parameters into the weight average."""
+def train_step(setup: TrainingSetup, state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
+    """One masked optimizer iteration on a uint8 batch."""
     rng = jax.random.fold_in(state.rng, state.step)
     step_rng, _ = jax.random.split(rng)  # the second key was CigL's; kept so results do not change
     loss, grads, batch_stats, moon_state, aux = data_parallel_loss_and_grads(
         setup, state, state.params, images, labels, step_rng
     )
-    extra = {"take_snapshot": True} if take_snapshot else {}
-    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params, masks=state.masks, step=state.step, **extra)
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params, masks=state.masks, step=state.step)
     params = optax.apply_updates(state.params, updates)
     new = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state, moon=moon_state)
     return _finish(setup, state, new, loss, aux)
+
+
+def snapshot_step(state: TrainState) -> TrainState:
+    """Folds the current parameters into the weight average (MOON's voting, at the end of an
+    averaging epoch): run right after the :func:`train_step` whose parameters are the snapshot."""
+    return state._replace(opt_state=moon.snapshot_into(state.opt_state, state.params))
 
 
 def mask_update_step(setup: TrainingSetup, state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:

@@ -4,6 +4,7 @@ ResNet-18.
 
     python benchmarks/step_cost.py                       # width 64, batch 128, fp32
     python benchmarks/step_cost.py --width 16 --batch 32 # quicker
+    python benchmarks/step_cost.py --model small_cnn --batch 8  # a CPU smoke run (tiny stand-in model)
 
 The plain step is what a user writes without this library: ``model.apply`` with mutable
 BatchNorm statistics, ``optax.softmax_cross_entropy_with_integer_labels``, and
@@ -24,7 +25,8 @@ import functools
 
 import jax
 
-from common import CIFAR_MEAN, CIFAR_STD, IMAGE_SHAPE, library_config, plain_dense_step, synthetic_batch
+from common import (CIFAR_MEAN, CIFAR_STD, IMAGE_SHAPE, MODELS, library_config, model_title, plain_dense_step,
+                    synthetic_batch)
 from moon_jax.devices import DataParallel
 from moon_jax.training import compile_steps, create_train_state, create_training_setup
 
@@ -41,17 +43,17 @@ def count_arrays(*trees) -> int:
     return sum(len(jax.tree.leaves(t)) for t in trees)
 
 
-def plain_step_cost(width: int, batch: int, dtype: str):
+def plain_step_cost(width: int, batch: int, dtype: str, model: str = "resnet18"):
     """The plain dense step compiled: ``(compiled, arrays in, arrays out)``."""
-    step, state = plain_dense_step(width, dtype)
+    step, state = plain_dense_step(width, dtype, model)
     images, labels = synthetic_batch(batch)
     out_shapes = jax.eval_shape(step, state, images, labels)
     return step.lower(state, images, labels).compile(), count_arrays(state, images, labels), count_arrays(out_shapes)
 
 
-def moon_rigl_steps(width: int, batch: int, dtype: str):
+def moon_rigl_steps(width: int, batch: int, dtype: str, model: str = "resnet18"):
     """The training loop's compiled MOON + RigL 90% steps: ``{name: (compiled, in, out)}``."""
-    config = library_config("rigl", True, batch, dtype, width)  # the reference recipe
+    config = library_config("rigl", True, batch, dtype, width, model=model)  # the reference recipe
     setup = create_training_setup(config, 50000, 10, IMAGE_SHAPE, CIFAR_MEAN, CIFAR_STD, mesh=None)
     compiled = compile_steps(setup, DataParallel())
     state = jax.eval_shape(lambda: create_train_state(setup, jax.random.PRNGKey(0), IMAGE_SHAPE))
@@ -74,14 +76,15 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: the real network)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--model", default="resnet18", choices=MODELS, help="small_cnn: a tiny stand-in for smoke runs")
     args = parser.parse_args()
 
-    rows = {"plain Flax/Optax dense step": plain_step_cost(args.width, args.batch, args.dtype)}
-    rows.update(moon_rigl_steps(args.width, args.batch, args.dtype))
+    rows = {"plain Flax/Optax dense step": plain_step_cost(args.width, args.batch, args.dtype, args.model)}
+    rows.update(moon_rigl_steps(args.width, args.batch, args.dtype, args.model))
     base_bytes, base_flops = cost(rows["plain Flax/Optax dense step"][0])
     device = jax.devices()[0]
     print(
-        f"ResNet-18 width {args.width}, batch {args.batch}, {args.dtype}, backend {device.platform} "
+        f"{model_title(args.model, args.width)}, batch {args.batch}, {args.dtype}, backend {device.platform} "
         f"({device.device_kind}), jax {jax.__version__}"
     )
     print("| step | bytes accessed (MB) | GFLOPs | arrays in / out | bytes vs plain | FLOPs vs plain |")

@@ -89,34 +89,35 @@ def timed_window(run_steps, monitor: CompileMonitor) -> tuple[float, int]:
     return time.perf_counter() - t0, monitor.mark()[0] - events_before
 
 
-def plain_runner(args, placement: DataParallel):
-    step, state = plain_dense_step(args.width, args.dtype, args.model)
-    images, labels = synthetic_batch(args.batch, placement.batch)
+def plain_runner(width: int, dtype: str, batch: int, steps: int, placement: DataParallel, model: str = "resnet18"):
+    step, state = plain_dense_step(width, dtype, model)
+    images, labels = synthetic_batch(batch, placement.batch)
     holder = {"state": state}
 
     def run():
         loss = None
-        for _ in range(args.steps):
+        for _ in range(steps):
             holder["state"], loss = step(holder["state"], images, labels)
         return loss
 
     return run
 
 
-def library_runner(method: str, moon: bool, args, placement):
-    config = library_config(method, moon, args.batch, args.dtype, args.width, args.update_every, args.model)
+def library_runner(method: str, moon: bool, width: int, dtype: str, batch: int, steps: int, update_every: int, placement,
+                   model: str = "resnet18"):
+    config = library_config(method, moon, batch, dtype, width, update_every, model)
     setup, compiled, state = library_steps(config, placement)
-    images, labels = synthetic_batch(args.batch, placement.batch)
+    images, labels = synthetic_batch(batch, placement.batch)
     holder = {"state": state}
     updates_masks = setup.updater.changes_masks
 
     def run():
         metrics = None
-        for i in range(args.steps):
-            if updates_masks and (i + 1) % args.update_every == 0:
+        for i in range(steps):
+            if updates_masks and (i + 1) % update_every == 0:
                 holder["state"], metrics = compiled.mask_update(holder["state"], images, labels)
             else:
-                snapshot = setup.uses_averaging and i == args.steps - 1
+                snapshot = setup.uses_averaging and i == steps - 1
                 holder["state"], metrics = compiled.train(holder["state"], images, labels, take_snapshot=snapshot)
         return metrics["loss"]
 
@@ -266,9 +267,10 @@ def main():
     os.environ["MOON_JAX_COMPILATION_CACHE"] = "0"
     monitor = CompileMonitor()
     placement = DataParallel()
-    runners = {"plain Flax/Optax dense": plain_runner(args, placement)}
+    runners = {"plain Flax/Optax dense": plain_runner(args.width, args.dtype, args.batch, args.steps, placement, args.model)}
     for label, method, moon in METHODS:
-        runners[label] = library_runner(method, moon, args, placement)
+        runners[label] = library_runner(method, moon, args.width, args.dtype, args.batch, args.steps, args.update_every,
+                                        placement, args.model)
     steps = time_steps(runners, args, monitor)
     print_step_table(steps, args)
     results = {"args": vars(args), "device_kind": jax.devices()[0].device_kind, "steps": steps, "loops": {}}

@@ -10,18 +10,20 @@ the comparison):
 
 1. ``wheels`` (with ``--wheels``): the carried wheels installed into a scratch folder that every
    child process has on its path (the GPU machine has no network).
-2. ``versions`` (4%): device, driver, and the versions of Python, JAX and the libraries.
-3. ``step_cost`` (12%): ``benchmarks/step_cost.py`` in float32 and bfloat16 (two processes at once).
-4. ``throughput_float32`` (20%), ``throughput_bfloat16`` (8%): ``benchmarks/train_throughput.py``;
-   the real training loop in float32 only.
-5. ``comparison`` (the rest, less 3% kept for the report): dense, RigL and MOON + RigL of
-   ``configs/cifar10_resnet18.py``, seed 0, three ``train.py`` at once (as ``reproduce.py
+2. ``versions`` (6%): device, driver, and the versions of Python, JAX and the libraries.
+3. ``throughput_float32`` (28%), ``throughput_bfloat16`` (12%): ``benchmarks/train_throughput.py``
+   alone on the device; the real training loop in float32 only.
+4. ``comparison`` (the rest, at least a third, less 3% kept for the report): dense, RigL and MOON +
+   RigL of ``configs/cifar10_resnet18.py``, seed 0, three ``train.py`` at once (as ``reproduce.py
    --parallel=3`` runs them), for as many epochs as the time left allows: the epoch count comes
    from the float32 throughput just measured (or ``--comparison-epochs``), the recipe's phases
    scaled with it; when not even two epochs fit, ``--stop_at_step`` stops the runs early. A guard
    sends SIGTERM to any run still training shortly before the phase's end (train.py saves a
    checkpoint and exits 143) and kills whatever is left at the end; the report says per run how
    far it got: steps and epochs, the evaluation when it finished, else its last metrics.
+5. ``step_cost``: ``benchmarks/step_cost.py`` in float32 and bfloat16, two processes that only
+   compile, run beside the comparison (no device memory preallocated; 12% of the budget on their
+   own when the comparison is not run), so their minute goes to training.
 
 A phase that fails or runs out of time is recorded (exit status, the last lines of its output)
 and the next one runs. Written into ``--out`` (nothing large, no checkpoints):
@@ -56,13 +58,14 @@ BENCHMARKS = REPO / "benchmarks"
 OUTPUT_FILES = ("device_check.md", "device_check.json", "comparison.md", "logs.txt")
 PHASES = ("versions", "step_cost", "throughput_float32", "throughput_bfloat16", "comparison")
 #: Each phase's time limit as a share of the budget; the comparison gets what is left.
-SHARES = {"versions": 0.04, "step_cost": 0.12, "throughput_float32": 0.20, "throughput_bfloat16": 0.08}
+SHARES = {"versions": 0.06, "step_cost": 0.12, "throughput_float32": 0.28, "throughput_bfloat16": 0.12}
 REPORT_SHARE = 0.03  # kept back for writing the report
 COMPARISON_CONFIG = "configs/cifar10_resnet18.py"
 COMPARISON_METHODS = ("dense", "rigl", "moon_rigl")
 PARALLEL = 3
 MIN_EPOCHS = 2  # MOON needs train.epochs > warmup_epochs + 1
 SLACK = 1.25  # the measured step rates leave out periodic evaluation and three processes' host work
+SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"  # compiles ~2x faster
 LOG_LINES = 40  # lines of each child's output kept in logs.txt
 
 
@@ -157,19 +160,24 @@ def stop_process_group(proc: subprocess.Popen, wait_seconds: float = 3.0) -> Non
             pass
 
 
-def run_children(jobs: Sequence[tuple[str, Sequence[str], dict]], time_limit: float, log_dir: Path) -> list[PhaseResult]:
-    """Runs ``(name, command, env)`` jobs at once, each stopped at ``time_limit`` seconds; stdout
-    and stderr go to files in ``log_dir``. Returns one result per job."""
+def start_children(jobs: Sequence[tuple[str, Sequence[str], Optional[dict]]], log_dir: Path) -> list[tuple]:
+    """Starts ``(name, command, env)`` jobs at once, each in its own process group, stdout and
+    stderr to files in ``log_dir``."""
     started = []
     for name, command, env in jobs:
         out, err = open(log_dir / f"{name}.out", "w"), open(log_dir / f"{name}.err", "w")
         proc = subprocess.Popen(list(command), cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
         started.append((name, command, proc, out, err, time.monotonic()))
-    deadline = time.monotonic() + time_limit
+    return started
+
+
+def finish_children(started: list[tuple], time_limit: float, log_dir: Path) -> list[PhaseResult]:
+    """Waits for started children until ``time_limit`` seconds after their start, stops those
+    still running, and returns one result per child."""
     results = []
     for name, command, proc, out, err, t0 in started:
         try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            proc.wait(timeout=max(0.0, t0 + time_limit - time.monotonic()))
             timed_out = False
         except subprocess.TimeoutExpired:
             stop_process_group(proc)
@@ -178,6 +186,11 @@ def run_children(jobs: Sequence[tuple[str, Sequence[str], dict]], time_limit: fl
         err.close()
         results.append(child_result(name, command, proc.returncode, timed_out, time.monotonic() - t0, time_limit, log_dir))
     return results
+
+
+def run_children(jobs: Sequence[tuple[str, Sequence[str], Optional[dict]]], time_limit: float, log_dir: Path) -> list[PhaseResult]:
+    """Runs jobs at once (:func:`start_children`), each stopped at ``time_limit`` seconds."""
+    return finish_children(start_children(jobs, log_dir), time_limit, log_dir)
 
 
 def child_result(name, command, returncode, timed_out, seconds, time_limit, log_dir: Path) -> PhaseResult:
@@ -278,13 +291,13 @@ def versions_phase(python: str, env: dict, limit: float, log_dir: Path) -> tuple
     return result, info
 
 
-def step_cost_phase(python: str, env: dict, sizes: Sizes, limit: float, log_dir: Path) -> list[PhaseResult]:
-    """``step_cost.py`` in float32 and bfloat16, the two at once (they compile, hardly run)."""
-    env = dict(env, XLA_PYTHON_CLIENT_PREALLOCATE="false")  # two processes share the accelerator
+def step_cost_jobs(python: str, env: dict, sizes: Sizes) -> list[tuple]:
+    """``step_cost.py`` in float32 and bfloat16: two processes that compile and hardly use the
+    device, so they can run at once and beside the comparison (no memory preallocated)."""
+    env = dict(env, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     script = str(BENCHMARKS / "step_cost.py")
-    jobs = [(f"step_cost_{dtype}", [python, script, *sizes.step_cost, "--dtype", dtype], env)
+    return [(f"step_cost_{dtype}", [python, script, *sizes.step_cost, "--dtype", dtype], env)
             for dtype in ("float32", "bfloat16")]
-    return run_children(jobs, limit, log_dir)
 
 
 def throughput_phase(dtype: str, python: str, env: dict, sizes: Sizes, limit: float, log_dir: Path) -> tuple[PhaseResult, dict]:
@@ -683,8 +696,9 @@ def base_environment(args, site: Path) -> dict:
     if args.data:
         env["MOON_JAX_DATA_DIR"] = str(Path(args.data).resolve())
         os.environ["MOON_JAX_DATA_DIR"] = env["MOON_JAX_DATA_DIR"]
-    if args.smoke:
+    if args.smoke:  # the CPU, and XLA's cheapest compiles: a smoke run's numbers are not its point
         env["JAX_PLATFORMS"] = "cpu"
+        env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), SMOKE_XLA_FLAGS]))
     return child_env(env, [str(site)] if site.exists() else [])
 
 
@@ -702,18 +716,23 @@ def run_phases(args, clock: Clock, scratch: Path) -> tuple[list[PhaseResult], di
     if "versions" in phases:
         result, info = versions_phase(python, env, phase_limit("versions", clock, phases), logs)
         results.append(result)
-    if "step_cost" in phases:
-        results += step_cost_phase(python, env, sizes, phase_limit("step_cost", clock, phases), logs)
+    beside_comparison = "step_cost" in phases and "comparison" in phases
+    if "step_cost" in phases and not beside_comparison:
+        results += run_children(step_cost_jobs(python, env, sizes), phase_limit("step_cost", clock, phases), logs)
     for dtype in ("float32", "bfloat16"):
         if f"throughput_{dtype}" in phases:
             result, numbers = throughput_phase(dtype, python, env, sizes, phase_limit(f"throughput_{dtype}", clock, phases), logs)
             results.append(result)
             throughput = numbers if dtype == "float32" else throughput
     if "comparison" in phases:
+        step_cost = start_children(step_cost_jobs(python, env, sizes), logs) if beside_comparison else []
         try:
             result, comparison = comparison_phase(args, sizes, clock, throughput, env, scratch)
         except Exception as err:  # recorded; the report is still written
             result = PhaseResult("comparison", "failed", note=f"{type(err).__name__}: {err}")
+        if step_cost:  # they may go on until the report's share of the budget
+            ran_for = time.monotonic() - step_cost[0][5]
+            results += finish_children(step_cost, ran_for + max(0.0, clock.left() - REPORT_SHARE * clock.budget), logs)
         results.append(result)
     return results, info, comparison
 

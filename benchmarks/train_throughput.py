@@ -41,9 +41,11 @@ same loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -173,7 +175,8 @@ def real_loop(method: str, moon: bool, args, monitor: CompileMonitor) -> dict:
         return {}
 
     events_before, compile_before = monitor.mark()
-    with tempfile.TemporaryDirectory() as workdir:
+    # the run's own log lines go to stderr, so that stdout holds the table alone
+    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(sys.stderr):
         t0 = time.perf_counter()
         data, setup = build_run(config, with_ood=False)
         train(config, os.path.join(workdir, "run"), data, setup, periodic_eval=mark_epoch_end)

@@ -366,13 +366,23 @@ def plan_epochs(seconds: float, epoch_seconds: float, startup: float, eval_reser
     return {"epochs": min_epochs, "stop_at_step": min(steps, min_epochs * steps_per_epoch - 1)}
 
 
-def comparison_plan(seconds: float, throughput: dict, sizes: Sizes, forced_epochs: Optional[int]) -> dict:
+def override_value(overrides: Sequence[str], field: str, default: int) -> int:
+    """The integer a ``--config.<field>=N`` override gives (the last one wins), else ``default``."""
+    for override in reversed(overrides):
+        if override.startswith(f"--config.{field}="):
+            return int(override.split("=", 1)[1])
+    return default
+
+
+def comparison_plan(seconds: float, throughput: dict, sizes: Sizes, overrides: Sequence[str],
+                    forced_epochs: Optional[int]) -> dict:
     """The comparison's epochs (or stop step) for ``seconds``, with the estimate behind it."""
-    steps_per_epoch = sizes.train_images // sizes.batch
+    batch = override_value(overrides, "train.batch_size", sizes.batch)
+    steps_per_epoch = (override_value(overrides, "data.num_train_examples", sizes.train_images) or sizes.train_images) // batch
     rates, source = per_run_rates(throughput, sizes.assumed_images_per_second)
-    epoch_seconds = SLACK * steps_per_epoch * sizes.batch * sum(1 / r for r in rates.values())
+    epoch_seconds = SLACK * steps_per_epoch * batch * sum(1 / r for r in rates.values())
     startup = startup_seconds(throughput, sizes)
-    plan = {"seconds": round(seconds, 1), "steps_per_epoch": steps_per_epoch, "rates_source": source,
+    plan = {"seconds": round(seconds, 1), "steps_per_epoch": steps_per_epoch, "batch": batch, "rates_source": source,
             "images_per_second_alone": {m: round(r, 1) for m, r in rates.items()},
             "epoch_seconds_three_at_once": round(epoch_seconds, 2), "startup_seconds": round(startup, 1),
             "eval_reserve_seconds": sizes.eval_reserve_seconds}
@@ -510,14 +520,14 @@ def comparison_phase(args, sizes: Sizes, clock: Clock, throughput: dict, env: di
     seconds = clock.left() - REPORT_SHARE * clock.budget
     from moon_jax.reproduction.runner import child_environment
 
-    plan = comparison_plan(seconds, throughput, sizes, args.comparison_epochs)
+    plan = comparison_plan(seconds, throughput, sizes, [*sizes.comparison_overrides, *args.override], args.comparison_epochs)
     if plan["epochs"] is None:
         return PhaseResult("comparison", "skipped", note=f"not one step fits in {seconds:.0f} s"), {"plan": plan, "runs": []}
     specs = comparison_specs(plan, sizes, args.override, scratch / "comparison", sys.executable)
     env = child_environment(PARALLEL, dict(env, MOON_JAX_COMPILATION_CACHE=str(scratch / "xla_cache")))
     runs = run_guarded(specs, env, seconds - (time.monotonic() - t0), sizes.grace_seconds)
     record_wall_times(runs)
-    progress = [run_progress(run, plan["epochs"], sizes.batch) for run in runs]
+    progress = [run_progress(run, plan["epochs"], plan["batch"]) for run in runs]
     ok = all(p["status"] == "finished and evaluated" for p in progress)
     note = "; ".join(f"{p['method']}: {p['status']}" for p in progress)
     result = PhaseResult("comparison", "ok" if ok else "stopped", round(time.monotonic() - t0, 1), round(seconds, 1),

@@ -114,3 +114,10 @@ def test_a_failing_or_overlong_child_is_recorded_not_raised(tmp_path):
     failed, timed_out = device_check.run_children([("fail", fail, None), ("slow", slow, None)], 3, tmp_path)
     assert (failed.status, failed.returncode, failed.output.strip(), failed.error_tail) == ("failed", 3, "table", "boom")
     assert timed_out.status == "timed out" and timed_out.output.strip() == "started" and timed_out.seconds < 30
+
+
+def test_the_plan_counts_steps_with_the_runs_overrides():
+    plan = device_check.comparison_plan(
+        1000, {}, device_check.SMOKE, [*device_check.SMOKE.comparison_overrides, "--config.data.num_train_examples=2048"], None)
+    assert (plan["steps_per_epoch"], plan["batch"]) == (64, 32)
+    assert device_check.comparison_plan(1000, {}, device_check.REAL, [], 7)["steps_per_epoch"] == 390

@@ -29,12 +29,29 @@ def synthetic_batch(batch: int, sharding=None):
     return jax.device_put(images, sharding), jax.device_put(labels, sharding)
 
 
-def plain_dense_step(width: int, dtype: str):
+#: Models the benchmarks can time: the real network, and a tiny stand-in for CPU smoke runs (its
+#: steps compile in about a second, so a whole benchmark fits in a test).
+MODELS = ("resnet18", "small_cnn")
+
+
+def model_kwargs(model: str, width: int) -> dict:
+    """Constructor arguments of ``model``: ResNet-18 takes the base width, the small CNN none."""
+    return {"width": width} if model == "resnet18" else {}
+
+
+def model_title(model: str, width: int) -> str:
+    """``ResNet-18 width 64`` (or the stand-in model's name) for a table's heading."""
+    return f"ResNet-18 width {width}" if model == "resnet18" else model
+
+
+def plain_dense_step(width: int, dtype: str, model: str = "resnet18"):
     """What a user writes without this library: ``(jitted step, initial state)`` of a dense
-    ResNet-18 trained with cross-entropy and ``optax.chain(add_decayed_weights(5e-4),
-    sgd(0.1, momentum=0.9, nesterov=True))``, on uint8 batches with the same on-device
-    augmentation and normalisation as the library's step. The state is donated."""
-    model = create_model("resnet18", 10, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, width=width)
+    ``model`` (ResNet-18 by default) trained with cross-entropy and
+    ``optax.chain(add_decayed_weights(5e-4), sgd(0.1, momentum=0.9, nesterov=True))``, on uint8
+    batches with the same on-device augmentation and normalisation as the library's step. The
+    state is donated."""
+    compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    model = create_model(model, 10, dtype=compute_dtype, **model_kwargs(model, width))
     variables = jax.jit(lambda k: model.init(k, jnp.zeros((1,) + IMAGE_SHAPE), train=False))(jax.random.PRNGKey(0))
     tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9, nesterov=True))
     state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]), jax.random.PRNGKey(1))
@@ -57,10 +74,13 @@ def plain_dense_step(width: int, dtype: str):
     return jax.jit(step, donate_argnums=0), state
 
 
-def library_config(method: str, moon: bool, batch: int, dtype: str, width: int, update_every: int = 80):
-    """The reference recipe (``base_config``) with one method, batch size, dtype and width."""
+def library_config(method: str, moon: bool, batch: int, dtype: str, width: int, update_every: int = 80,
+                   model: str = "resnet18"):
+    """The reference recipe (``base_config``) with one method, batch size, dtype, model and width
+    (the width applies to ResNet-18 only)."""
     config = base_config()
-    config.model.width = width
+    config.model.name = model
+    config.model.width = model_kwargs(model, width).get("width", 0)
     config.model.dtype = dtype
     config.train.batch_size = batch
     config.sparse.method = method

@@ -4,6 +4,7 @@ ResNet-18.
 
     python benchmarks/step_cost.py                       # width 64, batch 128, fp32
     python benchmarks/step_cost.py --width 16 --batch 32 # quicker
+    python benchmarks/step_cost.py --model small_cnn --batch 8  # a CPU smoke run (tiny stand-in model)
 
 The plain step is what a user writes without this library: ``model.apply`` with mutable
 BatchNorm statistics, ``optax.softmax_cross_entropy_with_integer_labels``, and
@@ -46,7 +47,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from common import CIFAR_MEAN, CIFAR_STD, IMAGE_SHAPE, library_config, plain_dense_step, synthetic_batch
+from common import (CIFAR_MEAN, CIFAR_STD, IMAGE_SHAPE, MODELS, library_config, model_kwargs, model_title,
+                    plain_dense_step, synthetic_batch)
 from moon_jax.models import create_model
 from moon_jax.devices import DataParallel
 from moon_jax.training import compile_steps, create_train_state, create_training_setup
@@ -64,17 +66,17 @@ def count_arrays(*trees) -> int:
     return sum(len(jax.tree.leaves(t)) for t in trees)
 
 
-def plain_step_cost(width: int, batch: int, dtype: str):
+def plain_step_cost(width: int, batch: int, dtype: str, model: str = "resnet18"):
     """The plain dense step compiled: ``(compiled, arrays in, arrays out)``."""
-    step, state = plain_dense_step(width, dtype)
+    step, state = plain_dense_step(width, dtype, model)
     images, labels = synthetic_batch(batch)
     out_shapes = jax.eval_shape(step, state, images, labels)
     return step.lower(state, images, labels).compile(), count_arrays(state, images, labels), count_arrays(out_shapes)
 
 
-def moon_rigl_steps(width: int, batch: int, dtype: str):
+def moon_rigl_steps(width: int, batch: int, dtype: str, model: str = "resnet18"):
     """The training loop's compiled MOON + RigL 90% steps: ``{name: (compiled, in, out)}``."""
-    config = library_config("rigl", True, batch, dtype, width)  # the reference recipe
+    config = library_config("rigl", True, batch, dtype, width, model=model)  # the reference recipe
     setup = create_training_setup(config, 50000, 10, IMAGE_SHAPE, CIFAR_MEAN, CIFAR_STD, mesh=None)
     compiled = compile_steps(setup, DataParallel())
     state = jax.eval_shape(lambda: create_train_state(setup, jax.random.PRNGKey(0), IMAGE_SHAPE))
@@ -110,25 +112,26 @@ def record_compiles() -> list[tuple[str, float]]:
     return compiles
 
 
-def plain_loop_compiles(width: int, batch: int, dtype: str) -> dict:
+def plain_loop_compiles(width: int, batch: int, dtype: str, model_name: str = "resnet18") -> dict:
     """The plain loop's compiles: init and step (before its first step), then an eval forward."""
     compiles = record_compiles()
-    step, state = plain_dense_step(width, dtype)  # compiles model.init
+    step, state = plain_dense_step(width, dtype, model_name)  # compiles model.init
     images, labels = synthetic_batch(batch)
     state, loss = step(state, images, labels)
     jax.block_until_ready(loss)
     before = len(compiles)
-    model = create_model("resnet18", 10, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, width=width)
+    model = create_model(model_name, 10, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+                         **model_kwargs(model_name, width))
     forward = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.float32) / 255.0, train=False))
     jax.block_until_ready(forward({"params": state[0], "batch_stats": state[1]}, images))
     return {"compiles": compiles, "before_first_step": before}
 
 
-def run_compiles(width: int, batch: int, dtype: str) -> dict:
+def run_compiles(width: int, batch: int, dtype: str, model_name: str = "resnet18") -> dict:
     """A short MOON + RigL 90% run's compiles (``train_and_evaluate``, every phase present)."""
     from moon_jax.programs import train_and_evaluate
 
-    config = library_config("rigl", True, batch, dtype, width, update_every=1)
+    config = library_config("rigl", True, batch, dtype, width, update_every=1, model=model_name)
     config.data.dataset = "cifar10"
     config.data.ood_datasets = ("tin_resize", "gaussian_noise")
     config.data.num_train_examples = 2 * batch
@@ -148,17 +151,17 @@ def run_compiles(width: int, batch: int, dtype: str) -> dict:
     return {"compiles": compiles, "before_first_step": hot[0] + 1 if hot else len(compiles)}
 
 
-def compile_worker(kind: str, width: int, batch: int, dtype: str) -> None:
+def compile_worker(kind: str, width: int, batch: int, dtype: str, model_name: str) -> None:
     """One fresh process's measurement, printed as one JSON line."""
     measure = plain_loop_compiles if kind == "plain" else run_compiles
-    print("COMPILES " + json.dumps(measure(width, batch, dtype)), flush=True)
+    print("COMPILES " + json.dumps(measure(width, batch, dtype, model_name)), flush=True)
 
 
 def measure_in_fresh_process(kind: str, args) -> dict:
     """Runs :func:`compile_worker` in a new Python process (no compilation cache)."""
     env = dict(os.environ, MOON_JAX_COMPILATION_CACHE="0", JAX_ENABLE_COMPILATION_CACHE="false")
     command = [sys.executable, os.path.abspath(__file__), f"--compile-worker={kind}", f"--width={args.width}",
-               f"--batch={args.batch}", f"--dtype={args.dtype}"]
+               f"--batch={args.batch}", f"--dtype={args.dtype}", f"--model={args.model}"]
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
     lines = [x for x in out.stdout.splitlines() if x.startswith("COMPILES ")]
     if out.returncode != 0 or not lines:
@@ -206,20 +209,21 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: the real network)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--model", default="resnet18", choices=MODELS, help="small_cnn: a tiny stand-in for smoke runs")
     parser.add_argument("--compile-rounds", type=int, default=3,
                         help="rounds of the compile-time measurement (plain loop and run in fresh processes); 0 skips it")
     parser.add_argument("--compile-worker", choices=("plain", "library"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.compile_worker:
-        compile_worker(args.compile_worker, args.width, args.batch, args.dtype)
+        compile_worker(args.compile_worker, args.width, args.batch, args.dtype, args.model)
         return
 
-    rows = {"plain Flax/Optax dense step": plain_step_cost(args.width, args.batch, args.dtype)}
-    rows.update(moon_rigl_steps(args.width, args.batch, args.dtype))
+    rows = {"plain Flax/Optax dense step": plain_step_cost(args.width, args.batch, args.dtype, args.model)}
+    rows.update(moon_rigl_steps(args.width, args.batch, args.dtype, args.model))
     base_bytes, base_flops = cost(rows["plain Flax/Optax dense step"][0])
     device = jax.devices()[0]
     print(
-        f"ResNet-18 width {args.width}, batch {args.batch}, {args.dtype}, backend {device.platform} "
+        f"{model_title(args.model, args.width)}, batch {args.batch}, {args.dtype}, backend {device.platform} "
         f"({device.device_kind}), jax {jax.__version__}"
     )
     print("| step | bytes accessed (MB) | GFLOPs | arrays in / out | bytes vs plain | FLOPs vs plain |")

@@ -38,6 +38,11 @@ def get_config():
 '''
 
 
+#: A run long enough (40,000 steps) that it is still training whatever the machine's load when a
+#: test signals it or starts a second run beside it.
+LONG_RUN_EPOCHS = 4000
+
+
 def config_file(tmp_path, epochs=8, checkpoint_every=1) -> Path:
     path = tmp_path / f"config_{epochs}_{checkpoint_every}.py"
     path.write_text(CONFIG_FILE.format(tests=str(REPO / "tests"), epochs=epochs, checkpoint_every=checkpoint_every))
@@ -167,7 +172,7 @@ def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, capsys):
 # ----------------------------------------------------------------------------- Ctrl-C
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_says_so_and_resumes(tmp_path):
-    config = config_file(tmp_path, epochs=40, checkpoint_every=0)
+    config = config_file(tmp_path, epochs=LONG_RUN_EPOCHS, checkpoint_every=0)
     workdir = tmp_path / "run"
     process = start(train_command(config, workdir))
     assert wait_for(lambda: metrics_lines(workdir) >= 2, process)
@@ -213,7 +218,7 @@ def test_stop_requests_restore_the_previous_handlers():
 # ----------------------------------------------------------------------------- two runs, one workdir
 @pytest.mark.slow
 def test_a_second_run_on_the_same_workdir_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
-    config = config_file(tmp_path, epochs=40, checkpoint_every=0)
+    config = config_file(tmp_path, epochs=LONG_RUN_EPOCHS, checkpoint_every=0)
     workdir = tmp_path / "run"
     first = start(train_command(config, workdir))
     assert wait_for(lambda: metrics_lines(workdir) >= 1, first)
@@ -233,7 +238,7 @@ def test_a_second_run_on_the_same_workdir_is_refused_and_a_killed_run_leaves_no_
 @pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_leaves_nothing_stale(tmp_path):
     workdir = tmp_path / "run"
-    killed = start(train_command(config_file(tmp_path, epochs=40, checkpoint_every=0), workdir))
+    killed = start(train_command(config_file(tmp_path, epochs=LONG_RUN_EPOCHS, checkpoint_every=0), workdir))
     assert wait_for(lambda: metrics_lines(workdir) >= 2, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
@@ -244,7 +249,7 @@ def test_a_run_killed_before_its_first_checkpoint_leaves_nothing_stale(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (stale,) = [p for p in workdir.iterdir() if p.name.startswith("stale-")]
     assert (stale / "metrics.jsonl").read_text() == old_records
-    assert json.loads((stale / "config.json").read_text())["train"]["epochs"] == 40
+    assert json.loads((stale / "config.json").read_text())["train"]["epochs"] == LONG_RUN_EPOCHS
     assert json.loads((workdir / "config.json").read_text())["train"]["epochs"] == 8
     assert [r["step"] for r in read_json_lines(workdir / "metrics.jsonl")] == [7, 14]
 

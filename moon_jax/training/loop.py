@@ -35,7 +35,7 @@ from moon_jax import moon, sparse
 from moon_jax.data import ImageDataset, epoch_batch_indices
 from moon_jax.training import steps
 from moon_jax.training.config import describe_method, validate_config
-from moon_jax.devices import DataParallel
+from moon_jax.devices import DataParallel, to_global
 from moon_jax.training.input_pipeline import DeviceDataset, HostStreamDataset, RunData, load_run_data
 from moon_jax.training.reporting import MetricWriter, ProgressBar
 from moon_jax.training.run_directory import RunDirectory
@@ -94,7 +94,8 @@ def compile_steps(setup: TrainingSetup, placement: DataParallel) -> CompiledStep
             static_argnames="take_snapshot",
         ),
         mask_update=jax.jit(functools.partial(steps.mask_update_step, setup), donate_argnums=0, out_shardings=out),
-        accumulate_batch_stats=jax.jit(functools.partial(steps.accumulate_batch_stats, setup)),
+        accumulate_batch_stats=jax.jit(functools.partial(steps.accumulate_batch_stats, setup),
+                                       out_shardings=placement.replicated),
     )
 
 
@@ -115,7 +116,8 @@ def refresh_averaged_batch_stats(
 
     The pass uses a fixed order and fixed augmentation keys, so the result is a deterministic
     function of the averaged parameters (resumption stays exact). A no-op when the statistics
-    are already those of the current average or the model has no BatchNorm.
+    are already those of the current average or the model has no BatchNorm. The new statistics
+    keep the state's placement (global arrays: a multi-host job checkpoints them).
     """
     found = moon.find_averaging_state(state.opt_state)
     if found is None or not state.batch_stats:
@@ -131,7 +133,7 @@ def refresh_averaged_batch_stats(
         acc = accumulate(found.average, acc, images, jax.random.fold_in(key, i))
     return state._replace(
         averaged_batch_stats=acc.mean_stats,
-        averaged_batch_stats_snapshots=jnp.asarray(count, jnp.int32),
+        averaged_batch_stats_snapshots=to_global(np.int32(count), state.averaged_batch_stats_snapshots.sharding),
     )
 
 

@@ -94,9 +94,25 @@ def compile_steps(setup: TrainingSetup, placement: DataParallel) -> CompiledStep
             static_argnames="take_snapshot",
         ),
         mask_update=jax.jit(functools.partial(steps.mask_update_step, setup), donate_argnums=0, out_shardings=out),
-        accumulate_batch_stats=jax.jit(functools.partial(steps.accumulate_batch_stats, setup),
-                                       out_shardings=placement.replicated),
+        accumulate_batch_stats=_compile_batch_stats_pass(setup, placement),
     )
+
+
+def _compile_batch_stats_pass(setup: TrainingSetup, placement: DataParallel) -> Callable:
+    """The compiled :func:`~moon_jax.training.steps.accumulate_batch_stats`, its result replicated.
+
+    A batch's BatchNorm statistics are means over the whole batch; split over devices, their
+    sums are combined by an all-reduce whose order depends on the devices and processes. With
+    ``train.exact_reduction`` the batch is first gathered whole onto every device (exact: data
+    moves, nothing is summed) and each device computes the statistics itself, so the result is
+    the same bits on any number of devices and processes, at ``devices x`` the compute of this
+    one pass.
+    """
+    accumulate = jax.jit(functools.partial(steps.accumulate_batch_stats, setup), out_shardings=placement.replicated)
+    if not setup.split.exact_reduction:
+        return accumulate
+    whole = jax.jit(lambda images: images, out_shardings=placement.replicated)
+    return lambda params, acc, images, rng: accumulate(params, acc, whole(images), rng)
 
 
 def training_batches(data: RunData, placement: DataParallel, config):

@@ -149,7 +149,10 @@ def runs(tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_eight_devices(runs):
     _, two, one = runs
-    assert "[Gloo]" in (two.parent / "two_by_four.1.err").read_text()  # really two processes over gloo
+    output = {name: (two.parent / name).read_text() for name in ("two_by_four.0.out", "two_by_four.1.out",
+                                                                "two_by_four.1.err")}
+    assert "devices: 8 x cpu" in output["two_by_four.0.out"]
+    assert "[Gloo]" in output["two_by_four.1.out"] + output["two_by_four.1.err"]  # really two processes over gloo
     assert results(two / "eval.json") == results(one / "eval.json")
     a, b = final_state(two), final_state(one)
     assert a.keys() == b.keys()

@@ -4,9 +4,10 @@ through JAX's coordination service and gloo over the loopback interface.
 With the batch in 8 shards averaged in a fixed order (``train.batch_shards=8``,
 ``train.exact_reduction=True``) the job must give what one process with 8 devices gives:
 identical masks and the same eval.json. Its checkpoint, written by both processes, must be
-evaluated by ``eval.py`` in one process. A SIGKILL of one process must stop the other with one
-``error:`` line within a bounded time, and starting both again must resume to the same final
-eval.json as the uninterrupted job. Every wait has a timeout, so nothing can hang CI.
+evaluated by ``eval.py`` in one process. SIGTERM to one process must stop both at the same step
+with a checkpoint; a SIGKILL of one process must stop the other with one ``error:`` line within a
+bounded time; and starting both again must resume to the same final eval.json as the
+uninterrupted job. Every wait has a timeout, so nothing can hang CI.
 """
 import json
 import os
@@ -43,7 +44,7 @@ def get_config():
 '''
 
 RUN_TIMEOUT_S = 600
-#: How long the surviving process may take to stop after its peer is killed.
+#: How long the processes may take to stop after a signal to one of them.
 STOP_BOUND_S = 60
 #: eval.json fields that name when or where, not what.
 VOLATILE = ("evaluated_at", "plots")
@@ -174,11 +175,24 @@ def test_the_cooperative_checkpoint_is_evaluated_in_one_process(runs):
 
 
 @pytest.mark.slow
-def test_a_killed_process_stops_the_other_and_both_resume_to_the_same_result(runs):
+def test_stops_of_one_process_and_both_resume_to_the_same_result(runs):
     tmp_path, two, _ = runs
-    workdir = tmp_path / "killed"
-    job = Job(tmp_path, workdir, 2)
-    wait_for_checkpoint(workdir, 30, job)
+    workdir = tmp_path / "stopped"
+    # SIGTERM to one process: both agree on a step, save one checkpoint there and exit with 143
+    job = Job(tmp_path, workdir, 2, "terminated")
+    wait_for_checkpoint(workdir, 20, job)
+    job.processes[1].send_signal(signal.SIGTERM)
+    signalled = time.time()
+    codes = job.wait(timeout=STOP_BOUND_S)
+    TIMINGS["both stopped after SIGTERM to one"] = round(time.time() - signalled, 1)
+    assert codes == [143, 143], job.stderr(0)[-3000:] + job.stderr(1)[-3000:]
+    saved = [int(line.split("at step ")[1].split()[0]) for i in (0, 1) for line in job.stderr(i).splitlines()
+             if "saved a checkpoint" in line]
+    assert len(saved) == 2 and saved[0] == saved[1] > 20 and (workdir / "checkpoints" / str(saved[0])).is_dir()
+
+    # SIGKILL of one process: the other stops at once with one error line
+    job = Job(tmp_path, workdir, 2, "killed")
+    wait_for_checkpoint(workdir, 40, job)
     job.processes[1].send_signal(signal.SIGKILL)
     killed = time.time()
     codes = job.wait(timeout=STOP_BOUND_S)

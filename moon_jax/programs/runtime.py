@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 
 from absl import flags
 
+from moon_jax.training import Preempted
 from moon_jax.training.config import ConfigError
 
 #: Exit status of a process that stops because another process of its multi-host job stopped.
@@ -47,10 +48,16 @@ def distributed_job_from_flags() -> Iterator[None]:
 def distributed_job(requested: bool, coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                     process_id: Optional[int] = None) -> Iterator[None]:
     """The body of a program, run as one process of a multi-host job when asked
-    (:func:`initialize_distributed`). Other processes are told this one finished only when the
-    body returns; any other end (an error, a signal, a kill) stops them (:class:`Lifeline`)."""
+    (:func:`initialize_distributed`). Other processes are told this one finished when the body
+    returns or stops for SIGTERM / Ctrl-C (:class:`~moon_jax.training.Preempted`: every process
+    stops at the same step); any other end (an error, a kill) stops them (:class:`Lifeline`)."""
     lifeline = initialize_distributed(requested, coordinator_address, num_processes, process_id)
-    yield
+    try:
+        yield
+    except Preempted:
+        if lifeline is not None:
+            lifeline.finish()
+        raise
     if lifeline is not None:
         lifeline.finish()
 

@@ -174,29 +174,31 @@ def test_the_cooperative_checkpoint_is_evaluated_in_one_process(runs):
     assert results(output) == results(two / "eval.json")
 
 
+def signal_process_1(tmp_path: Path, workdir: Path, name: str, step: int, signum: int):
+    """Starts a 2-process job, sends ``signum`` to process 1 once the checkpoint of ``step`` is
+    written, and returns the job and its exit statuses (all within :data:`STOP_BOUND_S`)."""
+    job = Job(tmp_path, workdir, 2, name)
+    wait_for_checkpoint(workdir, step, job)
+    job.processes[1].send_signal(signum)
+    sent = time.time()
+    codes = job.wait(timeout=STOP_BOUND_S)
+    TIMINGS[f"{signal.Signals(signum).name} to process 1 -> all stopped"] = round(time.time() - sent, 1)
+    return job, codes
+
+
 @pytest.mark.slow
 def test_stops_of_one_process_and_both_resume_to_the_same_result(runs):
     tmp_path, two, _ = runs
     workdir = tmp_path / "stopped"
     # SIGTERM to one process: both agree on a step, save one checkpoint there and exit with 143
-    job = Job(tmp_path, workdir, 2, "terminated")
-    wait_for_checkpoint(workdir, 20, job)
-    job.processes[1].send_signal(signal.SIGTERM)
-    signalled = time.time()
-    codes = job.wait(timeout=STOP_BOUND_S)
-    TIMINGS["both stopped after SIGTERM to one"] = round(time.time() - signalled, 1)
+    job, codes = signal_process_1(tmp_path, workdir, "terminated", 20, signal.SIGTERM)
     assert codes == [143, 143], job.stderr(0)[-3000:] + job.stderr(1)[-3000:]
     saved = [int(line.split("at step ")[1].split()[0]) for i in (0, 1) for line in job.stderr(i).splitlines()
              if "saved a checkpoint" in line]
     assert len(saved) == 2 and saved[0] == saved[1] > 20 and (workdir / "checkpoints" / str(saved[0])).is_dir()
 
     # SIGKILL of one process: the other stops at once with one error line
-    job = Job(tmp_path, workdir, 2, "killed")
-    wait_for_checkpoint(workdir, 40, job)
-    job.processes[1].send_signal(signal.SIGKILL)
-    killed = time.time()
-    codes = job.wait(timeout=STOP_BOUND_S)
-    TIMINGS["survivor stopped after the kill"] = round(time.time() - killed, 1)
+    job, codes = signal_process_1(tmp_path, workdir, "killed", 40, signal.SIGKILL)
     assert codes == [PEER_LOST, -signal.SIGKILL], job.stderr(0)[-3000:]
     errors = [line for line in job.stderr(0).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "process 1" in errors[0], job.stderr(0)[-3000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -35,6 +36,21 @@ def to_global(array: np.ndarray, sharding) -> jax.Array:
     """
     array = np.asarray(array)
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def max_over_processes(mesh: Mesh) -> Callable[[int], jax.Array]:
+    """``value -> the largest of every process's value``, compiled once: each process passes its
+    own ``value`` (e.g. "I was asked to stop"), and all get the same replicated scalar back, still
+    on the device (start its copy and read it later to not wait). Every process must call it at
+    the same point of the program, like any computation over the mesh."""
+    rows = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    largest = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    def call(value: int) -> jax.Array:
+        local = np.full((len(mesh.local_devices),), value, np.int32)
+        return largest(jax.make_array_from_process_local_data(rows, local))
+
+    return call
 
 
 def batched_device_function(fn: Callable, mesh: Optional[Mesh] = None) -> Callable:

@@ -23,4 +23,5 @@ from moon_jax.programs.cli import (
     run_program,
 )
 from moon_jax.programs.run import train_and_evaluate
-from moon_jax.programs.runtime import compilation_cache_dir, enable_compilation_cache, initialize_distributed
+from moon_jax.programs.runtime import (PEER_LOST, compilation_cache_dir, distributed_job, enable_compilation_cache,
+                                      initialize_distributed)

@@ -27,7 +27,7 @@ from moon_jax.evaluation.compare import compare_workdirs
 from moon_jax.evaluation.score_registry import check_names
 from moon_jax.metrics import split_group_prefix
 from moon_jax.programs.cli import parse_flags, quiet_library_logs, run_program
-from moon_jax.programs.runtime import enable_compilation_cache, initialize_distributed
+from moon_jax.programs.runtime import define_distributed_flags, distributed_job_from_flags, enable_compilation_cache
 from moon_jax.training.config import ConfigError
 
 FLAGS = flags.FLAGS
@@ -57,7 +57,7 @@ flags.DEFINE_string(
     "JSON output path, plots go next to it (default: <workdir>/eval.json); with --compare, the directory of "
     "report.md (default: the current directory).",
 )
-flags.DEFINE_boolean("multihost", False, "Call jax.distributed.initialize() first (also MOON_JAX_MULTIHOST=1).")
+define_distributed_flags()
 flags.DEFINE_boolean("plots", True, "Write the PNG plots (--noplots skips them).")
 flags.DEFINE_integer(
     "train_features", 10000,
@@ -96,7 +96,11 @@ def main(argv):
     quiet_library_logs()
     _check_scores(FLAGS.scores)
     _check_ood(FLAGS.ood)
-    initialize_distributed(FLAGS.multihost)
+    with distributed_job_from_flags():
+        _evaluate(argv)
+
+
+def _evaluate(argv):
     enable_compilation_cache()
     if FLAGS.compare:
         workdirs = argv[1:]

@@ -17,16 +17,12 @@ from absl import app, flags
 from moon_jax.programs.cli import (bundled_config, default_workdir, define_config_flag, load_config_file, parse_flags,
                                    prepare_config, quiet_library_logs, run_program)
 from moon_jax.programs.run import train_and_evaluate
-from moon_jax.programs.runtime import enable_compilation_cache, initialize_distributed
+from moon_jax.programs.runtime import define_distributed_flags, distributed_job_from_flags, enable_compilation_cache
 
 FLAGS = flags.FLAGS
 define_config_flag(bundled_config("default.py"))
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results (default: runs/<config name>).")
-flags.DEFINE_bool(
-    "multihost", False,
-    "Call jax.distributed.initialize() first (TPU pods, multi-node GPU); also set by the "
-    "environment variable MOON_JAX_MULTIHOST=1.",
-)
+define_distributed_flags()
 flags.DEFINE_integer(
     "stop_at_step", None,
     "Save a checkpoint and stop once this global step is reached (for time-limited sessions); "
@@ -44,9 +40,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_library_logs()
-    initialize_distributed(FLAGS.multihost)
+    with distributed_job_from_flags():
+        _train(FLAGS["config"].config_filename)
+
+
+def _train(config_path: str) -> None:
     enable_compilation_cache()
-    config_path = FLAGS["config"].config_filename
     config = prepare_config(FLAGS.config, sys.argv, load_config_file(config_path).train.epochs)
     workdir = FLAGS.workdir or default_workdir(config_path)
     train_and_evaluate(config, workdir, stop_at_step=FLAGS.stop_at_step, allow_changed=FLAGS.resume_with_changed)

@@ -35,7 +35,7 @@ from moon_jax import moon, sparse
 from moon_jax.data import ImageDataset, epoch_batch_indices
 from moon_jax.training import steps
 from moon_jax.training.config import describe_method, validate_config
-from moon_jax.devices import DataParallel
+from moon_jax.devices import DataParallel, max_over_processes, to_global
 from moon_jax.training.input_pipeline import DeviceDataset, HostStreamDataset, RunData, load_run_data
 from moon_jax.training.reporting import MetricWriter, ProgressBar
 from moon_jax.training.run_directory import RunDirectory
@@ -91,8 +91,25 @@ def compile_steps(setup: TrainingSetup, placement: DataParallel) -> CompiledStep
         train=jax.jit(functools.partial(steps.train_step, setup), donate_argnums=0, out_shardings=out),
         snapshot=jax.jit(steps.snapshot_step, donate_argnums=0, out_shardings=placement.replicated),
         mask_update=jax.jit(functools.partial(steps.mask_update_step, setup), donate_argnums=0, out_shardings=out),
-        accumulate_batch_stats=jax.jit(functools.partial(steps.accumulate_batch_stats, setup)),
+        accumulate_batch_stats=_compile_batch_stats_pass(setup, placement),
     )
+
+
+def _compile_batch_stats_pass(setup: TrainingSetup, placement: DataParallel) -> Callable:
+    """The compiled :func:`~moon_jax.training.steps.accumulate_batch_stats`, its result replicated.
+
+    A batch's BatchNorm statistics are means over the whole batch; split over devices, their
+    sums are combined by an all-reduce whose order depends on the devices and processes. With
+    ``train.exact_reduction`` the batch is first gathered whole onto every device (exact: data
+    moves, nothing is summed) and each device computes the statistics itself, so the result is
+    the same bits on any number of devices and processes, at ``devices x`` the compute of this
+    one pass.
+    """
+    accumulate = jax.jit(functools.partial(steps.accumulate_batch_stats, setup), out_shardings=placement.replicated)
+    if not setup.split.exact_reduction:
+        return accumulate
+    whole = jax.jit(lambda images: images, out_shardings=placement.replicated)
+    return lambda params, acc, images, rng: accumulate(params, acc, whole(images), rng)
 
 
 def training_batches(data: RunData, placement: DataParallel, config):
@@ -112,7 +129,8 @@ def refresh_averaged_batch_stats(
 
     The pass uses a fixed order and fixed augmentation keys, so the result is a deterministic
     function of the averaged parameters (resumption stays exact). A no-op when the statistics
-    are already those of the current average or the model has no BatchNorm.
+    are already those of the current average or the model has no BatchNorm. The new statistics
+    keep the state's placement (global arrays: a multi-host job checkpoints them).
     """
     found = moon.find_averaging_state(state.opt_state)
     if found is None or not state.batch_stats:
@@ -129,7 +147,7 @@ def refresh_averaged_batch_stats(
         acc = accumulate(found.average, acc, images, jax.random.fold_in(key, i))
     return state._replace(
         averaged_batch_stats=acc.mean_stats,
-        averaged_batch_stats_snapshots=jnp.asarray(count, jnp.int32),
+        averaged_batch_stats_snapshots=to_global(np.int32(count), state.averaged_batch_stats_snapshots.sharding),
     )
 
 
@@ -164,14 +182,43 @@ class StopRequests:
     130. A second Ctrl-C aborts at once (the checkpoint being written is abandoned; the complete
     ones before it are intact). The previous handlers are restored on exit. Outside the main
     thread (signals cannot be caught there) it does nothing.
+
+    In a multi-process job (a ``mesh`` spanning several processes) the signal reaches the
+    processes at different steps, yet all must stop at the same one (they write the checkpoint
+    together, and every compiled step needs all of them). The loop calls :meth:`at_interval` at
+    each logging interval: every process contributes the request it has (a tiny all-reduce), and
+    the answer is read one interval later, at the same step everywhere, so :attr:`decided` changes
+    there and only there.
     """
 
     _SIGNALS = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("Ctrl-C", 130)}
 
-    def __init__(self, describe_abort: Callable[[], str] = lambda: ""):
+    def __init__(self, describe_abort: Callable[[], str] = lambda: "", mesh=None):
         self.requested: Optional[tuple[str, int]] = None
         self._describe_abort = describe_abort
         self._previous: dict = {}
+        self._shared = mesh is not None and jax.process_count() > 1
+        self._agreed: Optional[tuple[str, int]] = None
+        self._in_flight: Optional[jax.Array] = None
+        self._largest = max_over_processes(mesh) if self._shared else None
+
+    @property
+    def decided(self) -> Optional[tuple[str, int]]:
+        """``(name, exit status)`` once the loop is to stop (every process at the same step)."""
+        return self._agreed if self._shared else self.requested
+
+    def at_interval(self) -> None:
+        """Multi-process jobs: reads the answer started at the previous interval and starts this
+        one's (every process calls it at the same steps). One process: nothing to agree on."""
+        if not self._shared:
+            return
+        if self._in_flight is not None and self._agreed is None:
+            code = int(self._in_flight)
+            if code:
+                name = next(n for n, c in self._SIGNALS.values() if c == code)
+                self._agreed = (name if self.requested else f"{name} sent to another process of the job", code)
+        self._in_flight = self._largest(self.requested[1] if self.requested else 0)
+        self._in_flight.copy_to_host_async()
 
     def _handle(self, signum, frame) -> None:
         if self.requested is not None and signum == signal.SIGINT:
@@ -359,7 +406,7 @@ def _train_locked(config, run_dir: RunDirectory, data: RunData, setup: TrainingS
     step = int(state.step)
     start_time = time.time()
     try:
-        with StopRequests(saver.abort_message) as stops:
+        with StopRequests(saver.abort_message, placement.mesh) as stops:
             while step < total:
                 epoch, first = divmod(step, spe)
                 indices = epoch_batch_indices(train_data.size, config.train.batch_size, config.seed, epoch)
@@ -372,14 +419,15 @@ def _train_locked(config, run_dir: RunDirectory, data: RunData, setup: TrainingS
                             state = compiled.snapshot(state)
                     reporter.add(metrics)
                     step += 1
-                    if step % config.train.log_every_steps == 0 or step == total or stops.requested:
+                    if step % config.train.log_every_steps == 0 or step == total or stops.decided:
                         reporter.close_interval(step, epoch, state)
-                    if stops.requested or (stop_at_step is not None and stop_at_step <= step < total):
+                        stops.at_interval()
+                    if stops.decided or (stop_at_step is not None and stop_at_step <= step < total):
                         reporter.flush()
                         saver.save(state, step)
                         saver.checkpointer.wait_until_finished()
-                        if stops.requested:
-                            name, code = stops.requested
+                        if stops.decided:
+                            name, code = stops.decided
                             raise Preempted(f"{name}: saved a checkpoint at step {step} in "
                                             f"{saver.checkpointer.directory}; re-run the same command to resume", code)
                         log(f"stopped at step {step} (stop_at_step); re-run to continue")

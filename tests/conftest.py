@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Scripts run as subprocesses from elsewhere (the multi-device runner, the example, the notebook's
+# kernel) import this checkout's moon_jax, not another one installed in editable mode.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 CONFIG_NAMES = ("default", "cifar10_resnet18", "cifar10_cpu", "cifar10_cpu_large", "cifar100_resnet18", "imagenet_resnet50")
 SHARED_DATA = REPO.parent / "shared" / "data"
 

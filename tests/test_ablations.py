@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_digits_config
+from conftest import short_digits_config, tiny_digits_config
 from moon_jax import moon, sparse
 from moon_jax.data import mixup_batch
 from moon_jax.training import build_run
@@ -225,11 +225,7 @@ def test_method_name_states_the_switches():
 def test_mixup_with_moon_trains_through_the_loop(tmp_path):
     from moon_jax.programs import train_and_evaluate
 
-    config = tiny_digits_config()
-    config.train.epochs = 5
-    config.moon.warmup_epochs = 1
-    config.moon.averaging_epochs = 1
-    config.sparse.end_fraction = 0.5
+    config = short_digits_config(epochs=5)
     config.data.mixup_alpha = 0.2
     results = train_and_evaluate(config, tmp_path)
     import json

@@ -1,6 +1,7 @@
 """The package structure holds: imports run one way (programs -> training / evaluation -> the
 method and leaf packages), and the documentation cites only files the repository has."""
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -86,14 +87,37 @@ def test_training_package_loads_without_evaluation():
 
 # Output paths that programs write (named as defaults in their help), not files to read.
 GENERATED = re.compile(r"^(runs/|docs/REPRODUCTION[A-Z_]*\.md$)")
+# Bare names that are not files of the repository: what eval.py --compare writes, and the
+# placeholder for a user's config file in train.py's flag help.
+NOT_FILES = {"report.md", "file.py"}
+CITED_PATH = re.compile(r"(?<![\w./-])((?:[\w-]+/)+[\w.-]+\.(?:py|md|ipynb|toml|ya?ml))")
+CITED_NAME = re.compile(r"(?<![\w./-])([\w-]+\.(?:py|md|ipynb|toml|ya?ml))(?![\w/-]|\.\w)")
+
+
+def repository_file_names() -> set[str]:
+    """The names of the repository's files, hidden folders (.git, .venv) and outputs left out."""
+    names = set()
+    for root, folders, files in os.walk(REPO):
+        folders[:] = [f for f in folders if not f.startswith(".") and f not in ("runs", "__pycache__")]
+        names.update(files)
+    return names
 
 
 def test_cited_files_exist():
     sources = [*PACKAGE.rglob("*.py"), *(REPO / "configs").glob("*.py"), *(REPO / "benchmarks").glob("*.py"),
                REPO / "train.py", REPO / "eval.py", REPO / "reproduce.py", REPO / "README.md"]
-    missing = set()
+    names = repository_file_names()
+    missing, checked = set(), 0
     for path in sources:
-        for cited in re.findall(r"(?<![\w./-])((?:[\w-]+/)+[\w.-]+\.(?:py|md|ipynb|toml|ya?ml))", path.read_text()):
+        text = path.read_text()
+        for cited in CITED_PATH.findall(text):
+            checked += 1
             if not GENERATED.match(cited) and not (REPO / cited).exists():
                 missing.add(f"{path.relative_to(REPO)} cites {cited}")
+        # a bare name: a file of that name next to the citing file or anywhere in the repository
+        for cited in CITED_NAME.findall(text):
+            checked += 1
+            if cited not in NOT_FILES and not (path.parent / cited).exists() and cited not in names:
+                missing.add(f"{path.relative_to(REPO)} cites {cited}")
+    assert checked > 0, "the citation scan found nothing"
     assert not missing, sorted(missing)

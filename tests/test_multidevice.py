@@ -19,9 +19,9 @@ RUNNER = r'''
 import json, sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
-from conftest import tiny_digits_config
+from conftest import restore_final, tiny_digits_config
 from moon_jax.programs import train_and_evaluate
-from moon_jax.training import Checkpointer, abstract_train_state, build_run
+from moon_jax.training import build_run
 
 config = tiny_digits_config()
 config.train.epochs = 30
@@ -36,7 +36,7 @@ config.sparse.end_fraction = 0.8
 workdir = sys.argv[1]
 results = train_and_evaluate(config, workdir)
 data, setup = build_run(config, with_ood=False)
-state, _ = Checkpointer(workdir).restore(abstract_train_state(setup, data.image_shape), config)
+state, _ = restore_final(config, workdir)
 leaves = jax.tree_util.tree_flatten_with_path(state)[0]
 np.savez(workdir + "/final.npz", **{{jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}})
 json.dump({{"devices": jax.device_count(), "shards": setup.split.num_shards, "results": results}}, open(workdir + "/summary.json", "w"))

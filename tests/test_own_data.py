@@ -3,14 +3,12 @@ the programs with them; their error cases."""
 import io
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, run_python
 from moon_jax import data
 from moon_jax.data import DatasetFormatError, DatasetNotFoundError
 from moon_jax.data import image_folder
@@ -234,20 +232,16 @@ def test_config_accepts_paths_and_names_bad_ones(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the programs
-def run(args, cwd, timeout=600):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_train_on_an_image_folder_then_eval_with_own_ood_folder(tmp_path):
     root = make_id_folder(tmp_path / "shapes")
     ood = make_ood_folder(tmp_path / "pngs")
     workdir = tmp_path / "run"
-    train = run([str(REPO / "train.py"), f"--workdir={workdir}", f"--config.data.dataset={root}",
-                 f"--config.data.ood_datasets=('{ood}', 'gaussian_noise')", "--config.train.epochs=8",
-                 "--config.train.batch_size=30", "--config.moon.warmup_epochs=2", "--config.moon.averaging_epochs=2",
-                 "--config.train.constant_lr_epochs=2", "--config.sparse.update_every=4",
-                 "--config.sparse.end_fraction=0.5", "--config.train.eval_every_epochs=0"], cwd=tmp_path)
+    train = run_python([str(REPO / "train.py"), f"--workdir={workdir}", f"--config.data.dataset={root}",
+                        f"--config.data.ood_datasets=('{ood}', 'gaussian_noise')", "--config.train.epochs=8",
+                        "--config.train.batch_size=30", "--config.moon.warmup_epochs=2", "--config.moon.averaging_epochs=2",
+                        "--config.train.constant_lr_epochs=2", "--config.sparse.update_every=4",
+                        "--config.sparse.end_fraction=0.5", "--config.train.eval_every_epochs=0"], cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     assert re.search(r"^\| pngs \| 25 \|", train.stdout, re.M), train.stdout[-3000:]
     acc = float(re.search(r"^\| ([\d.]+) \| ([\d.]+) \|", train.stdout, re.M).group(1))
@@ -257,7 +251,7 @@ def test_train_on_an_image_folder_then_eval_with_own_ood_folder(tmp_path):
 
     listing = tmp_path / "few.txt"
     listing.write_text("pngs/nested/000.png\npngs/nested/001.png 1\n")
-    evaluation = run([str(REPO / "eval.py"), f"--workdir={workdir}", f"--ood={ood},{listing}", "--noplots"], cwd=tmp_path)
+    evaluation = run_python([str(REPO / "eval.py"), f"--workdir={workdir}", f"--ood={ood},{listing}", "--noplots"], cwd=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     assert re.search(r"^\| pngs \| 25 \| [\d.]+ \|", evaluation.stdout, re.M), evaluation.stdout[:3000]
     assert re.search(r"^\| few \| 2 \| [\d.]+ \|", evaluation.stdout, re.M)
@@ -268,10 +262,10 @@ def test_train_on_an_image_folder_then_eval_with_own_ood_folder(tmp_path):
     (bad / "x.png").write_bytes(b"junk")
     for ood_arg, message in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "empty", "holds no image files"),
                              (bad, "cannot be read by Pillow: x.png"), ("mnistt", "--ood: unknown OOD set 'mnistt'")):
-        out = run([str(REPO / "eval.py"), f"--workdir={workdir}", f"--ood={ood_arg}", "--noplots"], cwd=tmp_path)
+        out = run_python([str(REPO / "eval.py"), f"--workdir={workdir}", f"--ood={ood_arg}", "--noplots"], cwd=tmp_path)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert out.stderr.startswith("error: ")
-    out = run([str(REPO / "eval.py"), f"--workdir={workdir}", "--step=99999"], cwd=tmp_path)
+    out = run_python([str(REPO / "eval.py"), f"--workdir={workdir}", "--step=99999"], cwd=tmp_path)
     assert out.returncode == 2 and "no checkpoint at step 99999" in out.stderr and "Traceback" not in out.stderr
 
 

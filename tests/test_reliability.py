@@ -15,34 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, tiny_digits_config
+from conftest import REPO, load_config, restore_final, run_python, tiny_config_file, tiny_digits_config
 from moon_jax.programs import train_and_evaluate
-from moon_jax.training import Checkpointer, ConfigError, NonFiniteError, abstract_train_state, build_run, steps, validate_config
+from moon_jax.training import Checkpointer, ConfigError, NonFiniteError, build_run, steps, validate_config
 from moon_jax.training.checkpoint import CheckpointError
 
-TINY_CONFIG_FILE = '''
-import sys
-sys.path.insert(0, {tests!r})
-from conftest import tiny_digits_config
-
-
-def get_config():
-    config = tiny_digits_config()
-    config.train.checkpoint_every_epochs = 1
-    return config
-'''
+TINY = {"checkpoint_every_epochs": 1}  # the tiny run, checkpointed every epoch
 
 
 def tiny_config():
-    config = tiny_digits_config()
-    config.train.checkpoint_every_epochs = 1
-    return config
-
-
-def final_state(config, workdir):
-    data, setup = build_run(config, with_ood=False)
-    state, meta = Checkpointer(workdir).restore(abstract_train_state(setup, data.image_shape), config)
-    return state, meta
+    return tiny_digits_config(**TINY)
 
 
 def assert_states_identical(a, b):
@@ -59,12 +41,11 @@ def reference_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     config = tiny_config()
     train_and_evaluate(config, workdir, evaluate_at_end=False)
-    return final_state(config, workdir)[0]
+    return restore_final(config, workdir)[0]
 
 
 def start_training(tmp_path, workdir):
-    config_file = tmp_path / "tiny_config.py"
-    config_file.write_text(TINY_CONFIG_FILE.format(tests=str(REPO / "tests")))
+    config_file = tiny_config_file(tmp_path / "tiny_config.py", **TINY)
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), f"--config={config_file}", f"--workdir={workdir}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -100,7 +81,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, referen
     process = start_training(tmp_path, workdir)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
-    state, meta = final_state(tiny_config(), workdir)
+    state, meta = restore_final(tiny_config(), workdir)
     assert meta["step"] == 80
     assert_states_identical(state, reference_run)
 
@@ -119,7 +100,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_identical(tmp_path, reference_
     process = start_training(tmp_path, workdir)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
-    assert_states_identical(final_state(tiny_config(), workdir)[0], reference_run)
+    assert_states_identical(restore_final(tiny_config(), workdir)[0], reference_run)
 
 
 def test_nan_stops_with_step_and_last_good_checkpoint(tmp_path, monkeypatch):
@@ -141,7 +122,7 @@ def test_nan_stops_with_step_and_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     checkpointer = Checkpointer(tmp_path)
     assert checkpointer.all_steps() == [10, 20]  # nothing saved after the NaN
-    state, _ = final_state(config, tmp_path)
+    state, _ = restore_final(config, tmp_path)
     assert int(state.step) == 20 and int(state.nonfinite_step) == -1
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
 
@@ -224,9 +205,7 @@ def trained_workdir(tmp_path_factory):
 
 
 def run_eval(workdir):
-    return subprocess.run(
-        [sys.executable, str(REPO / "eval.py"), f"--workdir={workdir}"], capture_output=True, text=True, timeout=300
-    )
+    return run_python([str(REPO / "eval.py"), f"--workdir={workdir}"], timeout=300)
 
 
 def copy_run(src, dst):
@@ -242,7 +221,7 @@ def test_truncated_newest_checkpoint_is_one_warning_and_the_older_one_is_used(tm
     for f in files:
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
     with pytest.raises(CheckpointError, match=f"step {latest}.*corrupt or partial"):
-        final_state(tiny_config(), workdir)
+        restore_final(tiny_config(), workdir)
     out = run_eval(workdir)
     older = max(s for s in Checkpointer(workdir).all_steps() if s != latest)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
@@ -286,15 +265,12 @@ def test_checkpoint_of_another_model_shape_is_refused(tmp_path, trained_workdir)
     meta["shapes"][key] = [1, 2, 3]
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="holds a state of another shape"):
-        final_state(tiny_config(), workdir)
+        restore_final(tiny_config(), workdir)
 
 
 def test_missing_dataset_names_dataset_and_path(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / "cifar10_resnet18.py"),
-         f"--config.data.data_dir={tmp_path / 'nowhere'}", f"--workdir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=300,
-    )
+    out = run_python([str(REPO / "train.py"), "--config", str(REPO / "configs" / "cifar10_resnet18.py"),
+                      f"--config.data.data_dir={tmp_path / 'nowhere'}", f"--workdir={tmp_path / 'run'}"], timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "cifar10" in out.stderr and str(tmp_path / "nowhere") in out.stderr
     assert "MOON_JAX_DATA_DIR" in out.stderr and "Traceback" not in out.stderr

@@ -2,9 +2,10 @@
 
 Every score is "higher = more in-distribution" and is computed on the host in float64: a float32
 softmax saturates at exactly 1.0 for confident sparse networks, and the resulting ties distort
-FPR@95 (``ood_evaluation_notes.md``, section 1.1). For a K+1 model every score except
-``moon_msp`` and ``known_probability`` uses the first K logits only (the unknown output left
-out), so that the same score means the same thing for a MOON model and for its baseline.
+FPR@95 (``tests/test_moon.py``, ``test_scores_float64_avoid_saturation_ties``). For a K+1
+model every score except ``moon_msp`` and ``known_probability`` uses the first K logits only (the
+unknown output left out), so that the same score means the same thing for a MOON model and for
+its baseline.
 
 * :func:`moon_msp` (the default for MOON, as the reference evaluates it with
   OpenOOD's base postprocessor): the softmax over all K+1 outputs, then the

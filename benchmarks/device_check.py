@@ -453,7 +453,9 @@ def run_guarded(specs, env: dict, seconds: float, grace: float) -> list[dict]:
 
 def checkpoint_steps(workdir: Path) -> list[int]:
     """The steps of the complete checkpoints in a workdir (orbax names them by step)."""
-    directory = workdir / "checkpoints"
+    from moon_jax.training.run_directory import RunDirectory
+
+    directory = RunDirectory(workdir).checkpoints_dir
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 

@@ -87,9 +87,9 @@ def test_training_package_loads_without_evaluation():
 
 # Output paths that programs write (named as defaults in their help), not files to read.
 GENERATED = re.compile(r"^(runs/|docs/REPRODUCTION[A-Z_]*\.md$)")
-# Bare names that are not files of the repository: what eval.py --compare writes, and the
-# placeholder for a user's config file in train.py's flag help.
-NOT_FILES = {"report.md", "file.py"}
+# Bare names that are not files of the repository: what eval.py --compare and the device check
+# write, and the placeholder for a user's config file in train.py's flag help.
+NOT_FILES = {"report.md", "device_check.md", "comparison.md", "file.py"}
 CITED_PATH = re.compile(r"(?<![\w./-])((?:[\w-]+/)+[\w.-]+\.(?:py|md|ipynb|toml|ya?ml))")
 CITED_NAME = re.compile(r"(?<![\w./-])([\w-]+\.(?:py|md|ipynb|toml|ya?ml))(?![\w/-]|\.\w)")
 

@@ -190,7 +190,7 @@ def test_ctrl_c_saves_a_checkpoint_says_so_and_resumes(tmp_path):
 def test_a_second_ctrl_c_aborts_at_once_saying_so():
     code = (
         "import os, signal, time\n"
-        "from moon_jax.training.loop import StopRequests\n"
+        "from moon_jax.training.stopping import StopRequests\n"
         "with StopRequests(lambda: 'the checkpoint at step 5 is intact') as stops:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(0.2)\n"
@@ -207,7 +207,7 @@ def test_a_second_ctrl_c_aborts_at_once_saying_so():
 
 
 def test_stop_requests_restore_the_previous_handlers():
-    from moon_jax.training.loop import StopRequests
+    from moon_jax.training.stopping import StopRequests
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with StopRequests():

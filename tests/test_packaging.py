@@ -1,6 +1,7 @@
 """What an installed user gets: the console commands, the configs inside the wheel, every import
 declared as a dependency."""
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,7 +15,9 @@ from moon_jax.programs.cli import bundled_config, find_config_file
 
 @pytest.mark.slow
 def test_the_wheel_carries_the_configs_and_the_two_commands(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+    source = tmp_path / "source"  # setuptools builds in the source tree: a copy keeps the checkout clean
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "runs", "build", "dist", "*.egg-info", "__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (wheel,) = tmp_path.glob("moon_jax-*.whl")

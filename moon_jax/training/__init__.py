@@ -10,7 +10,6 @@ from moon_jax.training.config import ConfigError, base_config, describe_method, 
 from moon_jax.training.input_pipeline import RunData, load_run_data
 from moon_jax.training.loop import (
     NonFiniteError,
-    Preempted,
     build_run,
     compile_steps,
     refresh_averaged_batch_stats,
@@ -34,3 +33,4 @@ from moon_jax.training.setup import (
     create_training_setup,
 )
 from moon_jax.training.state import TrainState
+from moon_jax.training.stopping import Preempted, StopRequests

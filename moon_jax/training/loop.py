@@ -3,8 +3,10 @@
 Re-running the same command continues from the newest checkpoint in ``workdir``: the state holds
 everything (parameters, BatchNorm statistics, optimizer state with the weight average, masks,
 MOON state, step, key), and the data order is a pure function of (seed, epoch), so the data
-position is the step itself. SIGTERM (preemption) saves a checkpoint before exiting; a
-non-finite loss or gradient stops the run with the previous checkpoint intact.
+position is the step itself. SIGTERM (preemption) and Ctrl-C save a checkpoint before exiting
+(:mod:`moon_jax.training.stopping`); a non-finite loss or gradient stops the run with the previous
+checkpoint intact (:class:`CheckedSaver`). The workdir's files belong to
+:class:`~moon_jax.training.run_directory.RunDirectory`, which the run holds locked.
 
 Around the jitted steps the loop keeps the device busy: it decides on the host which compiled
 step runs (mask update, weight snapshot, or neither) from Python ints; it reads the metrics of
@@ -19,10 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import signal
-import sys
-import threading
 import time
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -35,25 +33,17 @@ from moon_jax import moon, sparse
 from moon_jax.data import ImageDataset, epoch_batch_indices
 from moon_jax.training import steps
 from moon_jax.training.config import describe_method, validate_config
-from moon_jax.devices import DataParallel, max_over_processes, to_global
+from moon_jax.devices import DataParallel, to_global
 from moon_jax.training.input_pipeline import DeviceDataset, HostStreamDataset, RunData, load_run_data
-from moon_jax.training.reporting import MetricWriter, ProgressBar
+from moon_jax.training.reporting import IntervalReporter, MetricWriter, ProgressBar
 from moon_jax.training.run_directory import RunDirectory
 from moon_jax.training.setup import TrainingSetup, abstract_train_state, create_train_state, create_training_setup
 from moon_jax.training.state import TrainState
+from moon_jax.training.stopping import Preempted, StopRequests
 
 
 class NonFiniteError(RuntimeError):
     """The loss or a gradient became NaN or infinite."""
-
-
-class Preempted(SystemExit):
-    """SIGTERM or Ctrl-C arrived and a checkpoint was saved. Exit status 143 (128 + SIGTERM) or
-    130 (128 + SIGINT)."""
-
-    def __init__(self, message: str, code: int = 143):
-        super().__init__(code)
-        self.message = message
 
 
 def log(message: str) -> None:
@@ -151,93 +141,6 @@ def refresh_averaged_batch_stats(
     )
 
 
-# ----------------------------------------------------------------------------- metrics
-@jax.jit
-def _summarize(records: list) -> dict:
-    """Mean of every float metric over a logging interval; the latest non-finite marker."""
-    out = {k: jnp.mean(jnp.stack([r[k] for r in records])) for k in records[0] if k != "nonfinite_step"}
-    out["nonfinite_step"] = records[-1]["nonfinite_step"]
-    return out
-
-
-class _PendingSummary(NamedTuple):
-    step: int
-    epoch: int
-    values: dict
-
-
-def _start_summary(records: list, step: int, epoch: int, extra: dict) -> _PendingSummary:
-    """Reduces the interval's metrics on the device (plus ``extra`` device scalars measured at
-    its end) and starts their copy to the host."""
-    values = dict(_summarize(records), **extra)
-    for v in values.values():
-        v.copy_to_host_async()
-    return _PendingSummary(step, epoch, values)
-
-
-# ----------------------------------------------------------------------------- stopping
-class StopRequests:
-    """While active (a ``with`` block), SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to
-    stop after the current step: it saves a checkpoint, says so in one line and exits with 143 or
-    130. A second Ctrl-C aborts at once (the checkpoint being written is abandoned; the complete
-    ones before it are intact). The previous handlers are restored on exit. Outside the main
-    thread (signals cannot be caught there) it does nothing.
-
-    In a multi-process job (a ``mesh`` spanning several processes) the signal reaches the
-    processes at different steps, yet all must stop at the same one (they write the checkpoint
-    together, and every compiled step needs all of them). The loop calls :meth:`at_interval` at
-    each logging interval: every process contributes the request it has (a tiny all-reduce), and
-    the answer is read one interval later, at the same step everywhere, so :attr:`decided` changes
-    there and only there.
-    """
-
-    _SIGNALS = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("Ctrl-C", 130)}
-
-    def __init__(self, describe_abort: Callable[[], str] = lambda: "", mesh=None):
-        self.requested: Optional[tuple[str, int]] = None
-        self._describe_abort = describe_abort
-        self._previous: dict = {}
-        self._shared = mesh is not None and jax.process_count() > 1
-        self._agreed: Optional[tuple[str, int]] = None
-        self._in_flight: Optional[jax.Array] = None
-        self._largest = max_over_processes(mesh) if self._shared else None
-
-    @property
-    def decided(self) -> Optional[tuple[str, int]]:
-        """``(name, exit status)`` once the loop is to stop (every process at the same step)."""
-        return self._agreed if self._shared else self.requested
-
-    def at_interval(self) -> None:
-        """Multi-process jobs: reads the answer started at the previous interval and starts this
-        one's (every process calls it at the same steps). One process: nothing to agree on."""
-        if not self._shared:
-            return
-        if self._in_flight is not None and self._agreed is None:
-            code = int(self._in_flight)
-            if code:
-                name = next(n for n, c in self._SIGNALS.values() if c == code)
-                self._agreed = (name if self.requested else f"{name} sent to another process of the job", code)
-        self._in_flight = self._largest(self.requested[1] if self.requested else 0)
-        self._in_flight.copy_to_host_async()
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            print(f"error: second Ctrl-C: aborting at once without saving; {self._describe_abort()}",
-                  file=sys.stderr, flush=True)
-            os._exit(130)
-        self.requested = self._SIGNALS[signum]
-
-    def __enter__(self) -> "StopRequests":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-
 # ----------------------------------------------------------------------------- saving
 class CheckedSaver:
     """Saves checkpoints of a run only when the state is finite; a NaN/inf stops the run with
@@ -284,51 +187,6 @@ class CheckedSaver:
         last = self.checkpointer.latest_step()
         return (f"the checkpoint at step {last} in {self.checkpointer.directory} is intact; re-run to resume from it"
                 if last is not None else "no checkpoint was saved yet")
-
-
-# ----------------------------------------------------------------------------- reporting
-class IntervalReporter:
-    """The logging intervals of a run: collects each step's metrics; when an interval closes,
-    reduces it on the device and starts its copy to the host, and writes the previous interval
-    (whose values have arrived by then) to the metrics log and the progress bar. Reading an
-    interval one interval late never waits for the queue of steps to drain."""
-
-    def __init__(self, writer: MetricWriter, bar: ProgressBar, epochs: int, setup: TrainingSetup,
-                 stop_if_nonfinite: Callable[[int], None]):
-        self.writer, self.bar, self.epochs = writer, bar, epochs
-        self.stop_if_nonfinite = stop_if_nonfinite
-        self.records: list = []
-        self.in_flight: Optional[_PendingSummary] = None
-        self._densities = jax.jit(_densities) if setup.updater.method != "dense" else None
-
-    def add(self, metrics: dict) -> None:
-        self.records.append(metrics)
-
-    def close_interval(self, step: int, epoch: int, state: TrainState) -> None:
-        extra = self._densities(state.params, state.masks) if self._densities is not None else {}
-        self.flush()
-        self.in_flight = _start_summary(self.records, step, epoch, extra)
-        self.records = []
-
-    def flush(self) -> None:
-        """Writes the interval in flight, if any."""
-        summary, self.in_flight = self.in_flight, None
-        if summary is None:
-            return
-        values = {k: float(v) for k, v in jax.device_get(summary.values).items()}
-        self.stop_if_nonfinite(int(values.pop("nonfinite_step")))
-        self.writer.write(summary.step, "train", values)
-        self.bar.update(summary.step, summary.epoch, self.epochs,
-                        {k: values[k] for k in ("loss", "accuracy") if k in values})
-
-
-def _densities(params, masks) -> dict:
-    """``density``: the fraction of masked weights the masks keep; ``nonzero_fraction``: the
-    fraction that is nonzero (lower right after a mask update, since grown weights start at 0)."""
-    kept = [m for m in jax.tree.leaves(masks) if m is not None]
-    size = sum(m.size for m in kept)
-    density = sum(jnp.sum(m, dtype=jnp.float32) for m in kept) / size
-    return {"density": density, "nonzero_fraction": sparse.masked_density(params, masks)}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -402,7 +260,7 @@ def _train_locked(config, run_dir: RunDirectory, data: RunData, setup: TrainingS
     saver = CheckedSaver(run_dir, config, spe)
     writer = MetricWriter(run_dir, enabled=primary)
     bar = ProgressBar(total, int(state.step), enabled=config.train.progress_bar and primary)
-    reporter = IntervalReporter(writer, bar, schedule.epochs, setup, saver.stop_if_nonfinite)
+    reporter = IntervalReporter(writer, bar, schedule.epochs, setup.updater.method != "dense", saver.stop_if_nonfinite)
     step = int(state.step)
     start_time = time.time()
     try:

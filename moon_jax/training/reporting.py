@@ -1,13 +1,18 @@
 """What a run tells its user while it runs: a progress bar with ETA (``rich``), JSON-lines metrics
-(``metrics.jsonl``) and TensorBoard summaries (``tensorboardX``)."""
+(``metrics.jsonl``) and TensorBoard summaries (``tensorboardX``), and the logging intervals whose
+means they show."""
 from __future__ import annotations
 
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, NamedTuple, Optional
 
+import jax
+import jax.numpy as jnp
+
+from moon_jax import sparse
 from moon_jax.training.run_directory import RunDirectory, write_error
 
 
@@ -145,3 +150,73 @@ def read_metrics(workdir, kind: Optional[str] = None) -> list[dict]:
     """The records of ``<workdir>/metrics.jsonl`` (of one ``kind`` if given); a torn line is
     skipped with a warning."""
     return RunDirectory(workdir).read_metrics(kind)
+
+
+# ----------------------------------------------------------------------------- logging intervals
+@jax.jit
+def _summarize(records: list) -> dict:
+    """Mean of every float metric over a logging interval; the latest non-finite marker."""
+    out = {k: jnp.mean(jnp.stack([r[k] for r in records])) for k in records[0] if k != "nonfinite_step"}
+    out["nonfinite_step"] = records[-1]["nonfinite_step"]
+    return out
+
+
+class _PendingSummary(NamedTuple):
+    step: int
+    epoch: int
+    values: dict
+
+
+def _start_summary(records: list, step: int, epoch: int, extra: dict) -> _PendingSummary:
+    """Reduces the interval's metrics on the device (plus ``extra`` device scalars measured at
+    its end) and starts their copy to the host."""
+    values = dict(_summarize(records), **extra)
+    for v in values.values():
+        v.copy_to_host_async()
+    return _PendingSummary(step, epoch, values)
+
+
+class IntervalReporter:
+    """The logging intervals of a run: collects each step's metrics; when an interval closes,
+    reduces it on the device and starts its copy to the host, and writes the previous interval
+    (whose values have arrived by then) to the metrics log and the progress bar. Reading an
+    interval one interval late never waits for the queue of steps to drain."""
+
+    def __init__(self, writer: MetricWriter, bar: ProgressBar, epochs: int, masked: bool,
+                 stop_if_nonfinite: Callable[[int], None]):
+        self.writer, self.bar, self.epochs = writer, bar, epochs
+        self.stop_if_nonfinite = stop_if_nonfinite
+        self.records: list = []
+        self.in_flight: Optional[_PendingSummary] = None
+        self._densities = jax.jit(_densities) if masked else None
+
+    def add(self, metrics: dict) -> None:
+        self.records.append(metrics)
+
+    def close_interval(self, step: int, epoch: int, state) -> None:
+        """Closes the interval that ends at ``step`` (``state``: the train state there, for the
+        densities of a masked run)."""
+        extra = self._densities(state.params, state.masks) if self._densities is not None else {}
+        self.flush()
+        self.in_flight = _start_summary(self.records, step, epoch, extra)
+        self.records = []
+
+    def flush(self) -> None:
+        """Writes the interval in flight, if any."""
+        summary, self.in_flight = self.in_flight, None
+        if summary is None:
+            return
+        values = {k: float(v) for k, v in jax.device_get(summary.values).items()}
+        self.stop_if_nonfinite(int(values.pop("nonfinite_step")))
+        self.writer.write(summary.step, "train", values)
+        self.bar.update(summary.step, summary.epoch, self.epochs,
+                        {k: values[k] for k in ("loss", "accuracy") if k in values})
+
+
+def _densities(params, masks) -> dict:
+    """``density``: the fraction of masked weights the masks keep; ``nonzero_fraction``: the
+    fraction that is nonzero (lower right after a mask update, since grown weights start at 0)."""
+    kept = [m for m in jax.tree.leaves(masks) if m is not None]
+    size = sum(m.size for m in kept)
+    density = sum(jnp.sum(m, dtype=jnp.float32) for m in kept) / size
+    return {"density": density, "nonzero_fraction": sparse.masked_density(params, masks)}

@@ -23,20 +23,9 @@ def shrink(config, batch_size):
     return config
 
 
-@pytest.fixture
-def cheapest_compile():
-    """XLA's cheapest compile (jax_disable_most_optimizations, as flax's tests use), for a test
-    that compiles much and runs two steps. Not for tests that train: their steps then run many
-    times slower (the default job and the multi-device runs time out under it)."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIG_NAMES)
-def test_every_config_builds_and_runs_two_steps(name, cheapest_compile):
+def test_every_config_builds_and_runs_two_steps(name):
     import tensorflow_datasets as tfds
 
     config = shrink(load_config(name), 4 if name == "imagenet_resnet50" else 8)

@@ -53,15 +53,22 @@ METHODS: dict[str, Method] = {
                                        _MOON + ("--config.moon.head=reference_k",)),
     "moon_cigl_rigl": Method("MOON + {sparse} + CigL mask", "rigl",
                              _MOON + (f"--config.moon.dropconnect_rate={CIGL_DROP_RATE}",)),
+    # the factorial's fourth cell: weight averaging alone (K outputs, cross-entropy, no random mask)
+    "averaged_rigl": Method("{sparse} + weight averaging", "rigl", _MOON + (
+        "--config.moon.head=none", "--config.moon.loss_weighting=none")),
 }
 PAPER_METHODS = ("dense", "rigl", "moon_rigl", "set", "moon_set")
 ABLATION_METHODS = ("moon_rigl_no_loss", "moon_rigl_fixed_alpha", "moon_rigl_no_voting")
 BASELINE_METHODS = ("mixup_rigl", "cigl_rigl")
+#: MOON's loss and K+1 head (on / off) x CigL's random mask (on / off), every run weight-averaged,
+#: so that each also gives its last iterate (issue: where the reference's gains come from).
+FACTORIAL_METHODS = ("averaged_rigl", "moon_rigl", "cigl_rigl", "moon_cigl_rigl")
 #: The groups ``--methods`` names; ``all`` lists the paper's methods first.
 METHOD_GROUPS = {
     "paper": PAPER_METHODS,
     "ablations": ABLATION_METHODS,
     "baselines": BASELINE_METHODS,
+    "factorial": FACTORIAL_METHODS,
     "all": tuple(PAPER_METHODS) + tuple(ABLATION_METHODS) + tuple(BASELINE_METHODS) + tuple(
         m for m in METHODS if m not in PAPER_METHODS + ABLATION_METHODS + BASELINE_METHODS),
 }

@@ -13,6 +13,8 @@ Differences from the reference code (github StevenBoys/MOON, commit 22c1841), ea
   published); when on, it follows the reference's order of operations (dropconnect.py);
 * accuracy and ECE: argmax over the first K and 15 bins (lo, hi] by default; the reference's
   variant (argmax over K+1, 10 bins [lo, hi)) is reported beside them;
+* placeholders (off by default, not in the reference): mixtures of two classes labelled unknown,
+  after PROSER, so that the unknown output gets a target (placeholders.py);
 * mask-update schedule (sparse engine): the cosine drop fraction decays over the mask-update
   period, not over 70 iterations as the reference's units bug makes it.
 """
@@ -43,5 +45,6 @@ from moon_jax.moon.loss import (
     mix_label_losses,
     moon_loss,
 )
+from moon_jax.moon.placeholders import PlaceholderConfig, make_placeholders, placeholder_loss, placeholders_active
 from moon_jax.moon.recipe import HEADS, cosine_then_constant, num_outputs
 from moon_jax.moon import scores

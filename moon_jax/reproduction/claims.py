@@ -6,14 +6,13 @@ from typing import Optional
 
 from moon_jax.reproduction.formatting import pm
 from moon_jax.reproduction.methods import COMPARISONS, method_label
-from moon_jax.reproduction.stats import PerRun, Stat, paired_difference, voting_difference
+from moon_jax.reproduction.stats import PerRun, Stat, beyond_seed_noise, paired_difference, voting_difference
 
 
 def _noise_note(diff: Stat) -> str:
     """``", within seed noise"`` when a paired difference over several seeds is smaller than two
     standard errors (std / sqrt(n)), so its sign is not evidence either way."""
-    mean, std, n = diff
-    return ", within seed noise" if n > 1 and abs(mean) < 2 * std / n ** 0.5 else ""
+    return ", within seed noise" if diff[2] > 1 and not beyond_seed_noise(diff) else ""
 
 
 def _direction(diff: Stat, word: str = "higher", sign: int = 1) -> str:

@@ -26,6 +26,13 @@ MIXUP_ALPHA = 0.2
 #: CigL's drop rate in the reference (``Masking.dpnum = 100``).
 CIGL_DROP_RATE = 0.01
 
+#: The released MOON code's drop-fraction cosine length in iterations (its ``end_when = 70``).
+RELEASED_COSINE_STEPS = 70
+_AS_RELEASED = ("--config.moon.head=reference_k", f"--config.moon.dropconnect_rate={CIGL_DROP_RATE}",
+                "--config.moon.averaging_trigger=reference",
+                f"--config.sparse.drop_fraction_cosine_steps={RELEASED_COSINE_STEPS}",
+                "--config.sparse.drop_count_rounding=ceil")
+
 #: Every method by name. Without MOON there is no K+1 head and no weight averaging
 #: (``moon.enabled = False``), as in the paper's baselines.
 METHODS: dict[str, Method] = {
@@ -53,6 +60,15 @@ METHODS: dict[str, Method] = {
                                        _MOON + ("--config.moon.head=reference_k",)),
     "moon_cigl_rigl": Method("MOON + {sparse} + CigL mask", "rigl",
                              _MOON + (f"--config.moon.dropconnect_rate={CIGL_DROP_RATE}",)),
+    # as the released reference code ran it: K outputs (the last class "unknown"), CigL's mask,
+    # near-static masks (the drop fraction's cosine over 70 iterations, drop counts rounded up),
+    # the averaging trigger of its trainer; with and without MOON's loss
+    "released_moon_rigl": Method("MOON + {sparse} as released", "rigl", _MOON + _AS_RELEASED),
+    "released_cigl_rigl": Method("CigL + {sparse} as released (no MOON loss)", "rigl",
+                                 _MOON + _AS_RELEASED + ("--config.moon.loss_weighting=none",)),
+    # the unknown output given targets: mixtures of two classes labelled unknown (after PROSER)
+    "moon_rigl_placeholders": Method("MOON + {sparse} + placeholders", "rigl",
+                                     _MOON + ("--config.moon.placeholders=True",)),
     # the factorial's fourth cell: weight averaging alone (K outputs, cross-entropy, no random mask)
     "averaged_rigl": Method("{sparse} + weight averaging", "rigl", _MOON + (
         "--config.moon.head=none", "--config.moon.loss_weighting=none")),
@@ -63,12 +79,15 @@ BASELINE_METHODS = ("mixup_rigl", "cigl_rigl")
 #: MOON's loss and K+1 head (on / off) x CigL's random mask (on / off), every run weight-averaged,
 #: so that each also gives its last iterate (issue: where the reference's gains come from).
 FACTORIAL_METHODS = ("averaged_rigl", "moon_rigl", "cigl_rigl", "moon_cigl_rigl")
+#: The released code's method with and without MOON's loss.
+RELEASED_METHODS = ("released_moon_rigl", "released_cigl_rigl")
 #: The groups ``--methods`` names; ``all`` lists the paper's methods first.
 METHOD_GROUPS = {
     "paper": PAPER_METHODS,
     "ablations": ABLATION_METHODS,
     "baselines": BASELINE_METHODS,
     "factorial": FACTORIAL_METHODS,
+    "released": RELEASED_METHODS,
     "all": tuple(PAPER_METHODS) + tuple(ABLATION_METHODS) + tuple(BASELINE_METHODS) + tuple(
         m for m in METHODS if m not in PAPER_METHODS + ABLATION_METHODS + BASELINE_METHODS),
 }
@@ -84,6 +103,8 @@ COMPARISONS = (
     ("moon_rigl_reference_head", "rigl", "(the reference's K-output head against plain RigL)"),
     ("moon_rigl_reference_head", "moon_rigl", "(the reference's K-output head against the K+1 head)"),
     ("moon_cigl_rigl", "moon_rigl", "(CigL's random mask added to MOON, as the reference always ran)"),
+    ("released_moon_rigl", "released_cigl_rigl", "(MOON's loss within the released code's method)"),
+    ("moon_rigl_placeholders", "moon_rigl", "(placeholders give the unknown output targets)"),
 )
 
 

@@ -8,6 +8,7 @@ import shlex
 from typing import Mapping, Optional, Sequence
 
 from moon_jax.reproduction.claims import claim_checks
+from moon_jax.reproduction.factorial import factorial_section
 from moon_jax.reproduction.formatting import cell, pm, pm_significant
 from moon_jax.reproduction.methods import method_label
 from moon_jax.reproduction.planning import RunSpec
@@ -86,6 +87,19 @@ def moon_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
     return "\n".join(lines) if rows else ""
 
 
+def unknown_scores_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
+    """Markdown: mean AUROC / FPR95 of ``moon_msp`` (the primary score of a K+1 head) and of
+    ``known_probability`` for the runs that recorded the latter; "" when none did."""
+    lines = ["| method | moon_msp AUROC | moon_msp FPR95 | known_probability AUROC | known_probability FPR95 |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    rows = [m for m in methods if "known_probability_auroc/mean" in stats.get(m, {})]
+    for method in rows:
+        s = stats[method]
+        lines.append(f"| {method_label(method, sparsity)} | {cell(s, 'auroc/mean')} | {cell(s, 'fpr95/mean')} | "
+                     f"{cell(s, 'known_probability_auroc/mean')} | {cell(s, 'known_probability_fpr95/mean')} |")
+    return "\n".join(lines) if rows else ""
+
+
 def per_set_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
     """Markdown: one row per method, AUROC / FPR95 for every OOD set (mean ± std over seeds)."""
     sets = _set_names(stats, methods, "auroc", ("mean", "noise"))
@@ -139,6 +153,12 @@ def _moon_section(stats: Stats, methods: Sequence[str], sparsity: float) -> list
             "p(unknown): mean softmax probability of the K+1-th output, percent, 2 significant digits (runs with a K+1 head). Last iterate: the "
             "final weights with their own BatchNorm statistics, primary score only (what the voting adds).",
         ]
+    scores_part = unknown_scores_table(stats, methods, sparsity)
+    if scores_part:
+        lines += [
+            "", "AUROC of the two scores that read the unknown output (mean over the non-noise OOD sets): `moon_msp` "
+            "(softmax over K+1 outputs, max over the first K) and `known_probability` (1 - p(unknown)).", "", scores_part,
+        ]
     if "moon_rigl_reference_head" in stats:
         lines += [
             "", "The reference's K-output head has no unknown output: the loss treated the last real class's output "
@@ -190,6 +210,7 @@ def reproduction_report(
         "", "## Per OOD set", "", per_set_table(stats, methods, sparsity), "",
         "AUROC / FPR95 of the primary score per set.",
         *_moon_section(stats, methods, sparsity),
+        *(["", factorial_section(per_run)] if factorial_section(per_run) else []),
         "", "## The paper's claims, as measured", "",
         *(claim_checks(per_run, sparsity) or ["- (needs dense and the sparse methods with and without MOON)"]),
     ]

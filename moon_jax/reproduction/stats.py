@@ -17,10 +17,17 @@ def is_noise_set(name: str) -> bool:
     return "noise" in name
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     values = [float(v) for v in values]
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def beyond_seed_noise(stat: Stat) -> bool:
+    """Whether a paired difference over several seeds is at least two standard errors from 0
+    (``|mean| >= 2 std / sqrt(n)``); never for a single seed."""
+    mean, std, n = stat
+    return n > 1 and mean != 0 and abs(mean) >= 2 * std / n ** 0.5
 
 
 def _headline_means(per_set: Mapping[str, Mapping[str, float]], prefix: str = "") -> dict[str, float]:
@@ -41,8 +48,10 @@ def run_metrics(results: Mapping) -> dict[str, float]:
     for the primary score per-set AUROC / FPR95 (``auroc/<set>``, ``fpr95/<set>``), their mean
     over the non-noise sets (``auroc/mean``) and over the noise sets (``auroc/noise``); the same
     means for ``energy`` (``energy_auroc/mean``, ...); MOON's mean p(unknown) (``p_unknown/id``,
-    ``p_unknown/<set>``); the last iterate's ``last_acc``, ``last_ece`` and ``last_auroc/mean``
-    when the reported model is the weight average.
+    ``p_unknown/<set>``) and the mean AUROC / FPR95 of its ``known_probability`` score
+    (``known_probability_auroc/mean``); the last iterate's ``last_acc``, ``last_ece``,
+    ``last_nll`` and primary-score means (``last_auroc/mean``, ``last_fpr95/mean``, ...) when the
+    reported model is the weight average.
     """
     cls = results["classification"]
     ood = results["ood"][results["primary_score"]]
@@ -56,6 +65,8 @@ def run_metrics(results: Mapping) -> dict[str, float]:
     metrics.update(_headline_means(ood))
     if "energy" in results["ood"]:
         metrics.update(_headline_means(results["ood"]["energy"], "energy_"))
+    if "known_probability" in results["ood"]:
+        metrics.update(_headline_means(results["ood"]["known_probability"], "known_probability_"))
     unknown = results.get("unknown_probability")
     if unknown:
         metrics["p_unknown/id"] = unknown["id"]
@@ -64,7 +75,8 @@ def run_metrics(results: Mapping) -> dict[str, float]:
     if last:
         metrics["last_acc"] = last["classification"]["acc"]
         metrics["last_ece"] = last["classification"]["ece"]
-        metrics.update({k: v for k, v in _headline_means(last["ood"], "last_").items() if k.startswith("last_auroc")})
+        metrics["last_nll"] = last["classification"]["nll"]
+        metrics.update(_headline_means(last["ood"], "last_"))
     return metrics
 
 
@@ -74,7 +86,7 @@ def aggregate(per_run: PerRun) -> dict[str, dict[str, Stat]]:
     for (method, _), metrics in per_run.items():
         for key, value in metrics.items():
             by_method.setdefault(method, {}).setdefault(key, []).append(value)
-    return {m: {k: (*_mean_std(v), len(v)) for k, v in metrics.items()} for m, metrics in by_method.items()}
+    return {m: {k: (*mean_std(v), len(v)) for k, v in metrics.items()} for m, metrics in by_method.items()}
 
 
 def paired_difference(
@@ -88,7 +100,7 @@ def paired_difference(
     seeds = sorted({s for m, s in per_run if m == better} & {s for m, s in per_run if m == baseline})
     diffs = [per_run[(better, s)][better_metric] - per_run[(baseline, s)][baseline_metric] for s in seeds
              if better_metric in per_run[(better, s)] and baseline_metric in per_run[(baseline, s)]]
-    return (*_mean_std(diffs), len(diffs)) if diffs else None
+    return (*mean_std(diffs), len(diffs)) if diffs else None
 
 
 def voting_difference(per_run: PerRun, method: str, metric: str) -> Optional[Stat]:

@@ -11,14 +11,19 @@ counts iterations *within each epoch* (4 updates per 391-iteration CIFAR epoch);
 globally, as RigL does.
 
 The reference code also evaluates its cosine with a length of ``end_when = 70`` *iterations*
-(a units bug), so its drop fraction is ~1.5e-4 from the first update on and RigL/SET are nearly
-static there. Here the length is ``end_step`` iterations, which is what the method means.
+(a units bug: ``end_when`` is the number of mask-update *epochs*), so its drop fraction is
+``0.3 (1 + cos(69 pi / 70)) / 2 ~= 1.5e-4`` from the first update on and RigL/SET are nearly
+static there. Here the length is ``end_step`` iterations, which is what the method means;
+``cosine_steps`` reproduces the released behaviour when asked (``cosine_steps = 70`` with
+``drop_count_rounding = 'ceil'``, the reference's ``ceil(rate * nnz)``).
 """
 from __future__ import annotations
 
 import dataclasses
 
 import jax.numpy as jnp
+
+DROP_COUNT_ROUNDINGS = ("floor", "ceil")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +34,18 @@ class UpdateSchedule:
       update_every: iterations between mask updates (RigL's delta T).
       end_step: no mask update at or after this iteration; the drop fraction reaches 0 here.
       drop_fraction: drop fraction at iteration 0 (RigL's alpha).
+      cosine_steps: 0 (RigL): the cosine decays over ``end_step`` iterations. A positive value
+        decays it over that many iterations instead and then holds it, as the released MOON code
+        does with its ``end_when = 70`` read as iterations (:func:`drop_fraction_at`).
+      drop_count_rounding: ``'floor'`` (RigL's code) or ``'ceil'`` (the MOON reference) of
+        ``fraction * nnz``, the number of connections each layer replaces.
     """
 
     update_every: int = 100
     end_step: int = 0
     drop_fraction: float = 0.3
+    cosine_steps: int = 0
+    drop_count_rounding: str = "floor"
 
     def __post_init__(self):
         if self.update_every <= 0:
@@ -42,6 +54,11 @@ class UpdateSchedule:
             raise ValueError(f"end_step must be >= 0, got {self.end_step}")
         if not 0.0 <= self.drop_fraction <= 1.0:
             raise ValueError(f"drop_fraction must be in [0, 1], got {self.drop_fraction}")
+        if self.cosine_steps < 0:
+            raise ValueError(f"cosine_steps must be >= 0, got {self.cosine_steps}")
+        if self.drop_count_rounding not in DROP_COUNT_ROUNDINGS:
+            raise ValueError(
+                f"drop_count_rounding must be one of {', '.join(DROP_COUNT_ROUNDINGS)}, got {self.drop_count_rounding!r}")
 
     @classmethod
     def for_run(
@@ -60,11 +77,32 @@ class UpdateSchedule:
 
 
 def drop_fraction_at(schedule: UpdateSchedule, step) -> jnp.ndarray:
-    """Cosine-decayed drop fraction at iteration ``step`` (0 from ``end_step`` on)."""
+    """Cosine-decayed drop fraction at iteration ``step`` (0 from ``end_step`` on).
+
+    With ``cosine_steps = T > 0`` it is the released reference's schedule instead: its cosine
+    decay is stepped after every optimizer iteration with that iteration's 0-based index and
+    stops stepping at index ``T - 1``, so the fraction used at iteration ``t`` is
+    ``drop_fraction / 2 * (1 + cos(pi * min(max(t - 1, 0), T - 1) / T))``: with ``T = 70`` and
+    0.3 about 1.51e-4 from iteration 70 on (the reference's first update is at iteration 80).
+    """
     if schedule.end_step == 0:
         return jnp.zeros((), jnp.float32)
+    if schedule.cosine_steps:
+        last = schedule.cosine_steps - 1
+        t = jnp.clip(jnp.asarray(step, jnp.float32) - 1.0, 0.0, float(last))
+        # a/2 (1 + cos x) = a cos^2(x/2): exact in float32 near x = pi, where the held value lies
+        half_angle = jnp.pi * t / (2 * schedule.cosine_steps)
+        return (schedule.drop_fraction * jnp.cos(half_angle) ** 2).astype(jnp.float32)
     progress = jnp.minimum(jnp.asarray(step, jnp.float32), schedule.end_step) / schedule.end_step
     return (0.5 * schedule.drop_fraction * (1.0 + jnp.cos(jnp.pi * progress))).astype(jnp.float32)
+
+
+def drop_count(schedule: UpdateSchedule, fraction, nonzeros: int) -> jnp.ndarray:
+    """How many of a layer's ``nonzeros`` active connections an update replaces at drop fraction
+    ``fraction``: ``floor`` or ``ceil`` of ``fraction * nonzeros`` (float32), at most ``nonzeros``."""
+    exact = fraction * jnp.float32(nonzeros)
+    rounded = jnp.ceil(exact) if schedule.drop_count_rounding == "ceil" else jnp.floor(exact)
+    return jnp.minimum(rounded, nonzeros).astype(jnp.int32)
 
 
 def is_update_step(schedule: UpdateSchedule, step):

@@ -18,7 +18,7 @@ Update rules are pure functions ``(state, params, grads, rng) -> (state, params)
 
 ``k = floor(f(t) * nnz_l)`` with ``f`` the cosine-decayed drop fraction
 (:mod:`moon_jax.sparse.schedule`); RigL's official code floors, the MOON reference takes the
-ceiling (at most one weight per layer of difference). ``nnz_l`` is the layer's exact, static
+ceiling (``drop_count_rounding = 'ceil'``). ``nnz_l`` is the layer's exact, static
 count, so every update keeps it exactly. Selection is by rank (an exact byte-wise radix select,
 :func:`top_k_mask`), so ``k`` can be a traced value and one compilation serves every update;
 ties break towards the lower flat index.
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from moon_jax.sparse.distribution import SparsityPlan, plan_sparsity
 from moon_jax.sparse.leaves import SparsityRule, leaf_names, sparsifiable_shapes
-from moon_jax.sparse.schedule import UpdateSchedule, drop_fraction_at, is_update_step
+from moon_jax.sparse.schedule import UpdateSchedule, drop_count, drop_fraction_at, is_update_step
 
 PyTree = Any
 METHODS = ("dense", "static", "set", "rigl")
@@ -228,7 +228,7 @@ class SparseUpdater:
             if mask is None:
                 new_masks.append(None)
                 continue
-            k = jnp.floor(fraction * jnp.float32(count)).astype(jnp.int32)
+            k = drop_count(self.schedule, fraction, count)
             if self.method == "rigl":
                 grow_score = jnp.abs(grad)
             else:

@@ -19,6 +19,7 @@ from moon_jax.moon.averaging import TRIGGERS
 from moon_jax.moon.loss import ALPHA_TUNINGS, WEIGHTINGS
 from moon_jax.moon.recipe import HEADS
 from moon_jax.sparse.distribution import DISTRIBUTIONS
+from moon_jax.sparse.schedule import DROP_COUNT_ROUNDINGS
 from moon_jax.sparse.updaters import METHODS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -54,6 +55,14 @@ def describe_method(config) -> str:
             extras.append("weight averaging")
         if m.dropconnect_rate:
             extras.append(f"random mask {m.dropconnect_rate:g}")
+        if m.placeholders:
+            extras.append("placeholders")
+        if m.averaging_epochs and m.averaging_trigger == "reference":
+            extras.append("reference averaging trigger")
+    if config.sparse.method in ("set", "rigl") and config.sparse.drop_fraction_cosine_steps:
+        extras.append(f"drop-fraction cosine over {config.sparse.drop_fraction_cosine_steps} iterations")
+    if config.sparse.method in ("set", "rigl") and config.sparse.drop_count_rounding == "ceil":
+        extras.append("drop counts rounded up")
     if config.data.mixup_alpha:
         extras.append(f"Mixup {config.data.mixup_alpha:g}")
     return prefix + name + (f" ({', '.join(extras)})" if extras else "")
@@ -118,6 +127,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.sparse.update_every = 80  # iterations between mask updates (reference: 80)
     c.sparse.drop_fraction = 0.3
     c.sparse.end_fraction = 0.7  # mask updates in the first 70% of iterations (reference)
+    # The drop fraction's cosine length in iterations; 0 = the mask-update period (RigL). 70 with
+    # drop_count_rounding = 'ceil' is the released MOON code's schedule (its end_when = 70 epochs
+    # read as iterations: ~1.5e-4 from iteration 70 on, near-static masks).
+    c.sparse.drop_fraction_cosine_steps = 0
+    c.sparse.drop_count_rounding = "floor"  # floor (RigL) | ceil (MOON reference) of fraction x nnz
     c.sparse.dense_first_layer = False
     c.sparse.dense_last_layer = False
 
@@ -134,6 +148,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.moon.averaging_epochs = 20  # weight averaging ("voting") over the last epochs; 0 = off (ablation)
     c.moon.averaging_trigger = "epoch"  # epoch | reference
     c.moon.dropconnect_rate = 0.0  # CigL random mask (reference order; needs masks); the reference uses 0.01
+    # Placeholders (moon_jax.moon.placeholders, after PROSER, Zhou et al. CVPR 2021): in the
+    # unknown-aware phase each batch adds mixtures of two training images of different classes,
+    # labelled "unknown". Every setting below was fixed before any run, from PROSER or first
+    # principles (the module docstring gives the reasons); none was tuned on a reported set.
+    c.moon.placeholders = False
+    c.moon.placeholder_mix_alpha = 1.0  # lam ~ Beta(a, a): a = 1 (uniform), PROSER's choice
+    c.moon.placeholder_weight = 1.0  # the placeholders' mean cross-entropy enters the loss with this weight
 
     c.eval = ml_collections.ConfigDict()
     c.eval.ece_bins = 15
@@ -373,6 +394,8 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     _check_positive_int(config, "sparse.update_every")
     _check_number(config, "sparse.drop_fraction", 0.0, 1.0)
     _check_number(config, "sparse.end_fraction", 0.0, 1.0)
+    _check_positive_int(config, "sparse.drop_fraction_cosine_steps", allow_zero=True)
+    _check_choice(config, "sparse.drop_count_rounding", DROP_COUNT_ROUNDINGS)
 
     _check_positive_int(config, "moon.warmup_epochs", allow_zero=True)
     _check_number(config, "moon.ewma_mu", 0.0, 1.0, low_open=True)
@@ -386,6 +409,13 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     _check_choice(config, "moon.alpha_tuning", ALPHA_TUNINGS)
     _check_number(config, "moon.fixed_alpha", 0.0, float("inf"))
     _check_number(config, "data.mixup_alpha", 0.0, float("inf"))
+    if not isinstance(config.moon.placeholders, bool):
+        raise _fail("moon.placeholders", config.moon.placeholders, "must be True or False")
+    _check_number(config, "moon.placeholder_mix_alpha", 0.0, float("inf"), low_open=True)
+    _check_number(config, "moon.placeholder_weight", 0.0, float("inf"))
+    if config.moon.placeholders and not (config.moon.enabled and config.moon.head == "k_plus_1"):
+        raise _fail("moon.placeholders", True,
+                    "placeholders are labelled with the K+1-th output: needs moon.enabled = True and moon.head = 'k_plus_1'")
     if config.moon.enabled and config.moon.head == "none" and config.moon.loss_weighting != "none":
         raise _fail("moon.loss_weighting", config.moon.loss_weighting,
                     "moon.head = 'none' has no unknown output to weight with; use 'none' (plain cross-entropy)")

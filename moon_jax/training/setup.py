@@ -96,6 +96,7 @@ class TrainingSetup:
       updater: the sparse engine (dense / static / SET / RigL).
       moon_loss: the MOON loss hyper-parameters, or ``None`` for plain cross-entropy.
       mixup_alpha: Mixup's Beta parameter (0: off); each batch shard is mixed within itself.
+      placeholders: the placeholders' settings, or ``None`` when off (``config.moon.placeholders``).
       preprocess: augmentation and normalisation.
       schedule: epochs, steps per epoch, weight-snapshot steps.
       split: how a batch is split over shards and devices.
@@ -111,6 +112,7 @@ class TrainingSetup:
     preprocess: Preprocessing
     schedule: EpochSchedule
     split: BatchSplit
+    placeholders: Optional[moon.PlaceholderConfig] = None
 
     @property
     def uses_averaging(self) -> bool:
@@ -191,7 +193,10 @@ def create_sparse_updater(
     abstract_params = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False)
     )["params"]
-    schedule = sparse.UpdateSchedule(update_every=s.update_every, end_step=end_step, drop_fraction=s.drop_fraction)
+    schedule = sparse.UpdateSchedule(
+        update_every=s.update_every, end_step=end_step, drop_fraction=s.drop_fraction,
+        cosine_steps=s.drop_fraction_cosine_steps, drop_count_rounding=s.drop_count_rounding,
+    )
     rule = SparsityRule(dense_first_layer=s.dense_first_layer, dense_last_layer=s.dense_last_layer)
     return sparse.make_updater(abstract_params, s.method, s.sparsity, s.distribution, schedule, rule)
 
@@ -212,6 +217,15 @@ def create_moon_loss(config: ml_collections.ConfigDict) -> Optional[moon.MoonLos
         alpha_tuning=m.alpha_tuning,
         fixed_alpha=m.fixed_alpha,
     )
+
+
+def create_placeholders(config: ml_collections.ConfigDict) -> Optional[moon.PlaceholderConfig]:
+    """``config.moon.placeholder_*``: the placeholders' settings, or ``None`` when off."""
+    m = config.moon
+    if not (m.enabled and m.placeholders):
+        return None
+    return moon.PlaceholderConfig(
+        mix_alpha=float(m.placeholder_mix_alpha), weight=float(m.placeholder_weight), warmup_epochs=m.warmup_epochs)
 
 
 def create_batch_split(config: ml_collections.ConfigDict, mesh: Optional[Mesh]) -> BatchSplit:
@@ -247,6 +261,7 @@ def create_training_setup(
         preprocess=Preprocessing(config.data.augment, tuple(mean), tuple(std)),
         schedule=schedule,
         split=create_batch_split(config, mesh),
+        placeholders=create_placeholders(config),
     )
 
 

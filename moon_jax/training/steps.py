@@ -38,6 +38,9 @@ def loss_and_grads(setup: TrainingSetup, state: TrainState, forward_params, imag
     aug_rng, dropout_rng = jax.random.split(rng)
     x = setup.preprocess(images, aug_rng)
     epoch = state.step // setup.schedule.steps_per_epoch
+    if setup.placeholders is not None:
+        placeholder_x, placeholder_counts = moon.make_placeholders(
+            jax.random.fold_in(rng, 2), x, labels, setup.placeholders.mix_alpha)
     if setup.mixup_alpha > 0:
         x, perm, lam = mixup_batch(jax.random.fold_in(rng, 1), x, setup.mixup_alpha)
 
@@ -58,10 +61,31 @@ def loss_and_grads(setup: TrainingSetup, state: TrainState, forward_params, imag
             loss, (moon_state, aux) = labels_loss(logits, labels)
         known = logits[:, : setup.num_classes]
         aux = dict(aux, accuracy=jnp.mean(jnp.argmax(known, axis=-1) == labels))
+        if setup.placeholders is not None:
+            placeholder_term, placeholder_aux = _placeholder_term(setup, params, state, placeholder_x,
+                                                                  placeholder_counts, epoch, dropout_rng)
+            loss = loss + placeholder_term
+            aux = dict(aux, **placeholder_aux)
         return loss, (updates.get("batch_stats", {}), moon_state, aux)
 
     (loss, (batch_stats, moon_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(forward_params)
     return loss, grads, batch_stats, moon_state, aux
+
+
+def _placeholder_term(setup: TrainingSetup, params, state: TrainState, images, counts, epoch, dropout_rng):
+    """The placeholders' weighted loss (0 during warm-up) and their metrics; their forward pass's
+    BatchNorm statistics are discarded (:mod:`moon_jax.moon.placeholders`)."""
+    logits, _ = setup.model.apply(
+        setup.variables(params, state.batch_stats), images, train=True, mutable=["batch_stats"],
+        rngs={"dropout": jax.random.fold_in(dropout_rng, 1)},
+    )
+    config = setup.placeholders
+    loss = moon.placeholder_loss(logits, counts, setup.num_classes)
+    p_unknown = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, setup.num_classes]
+    counted = counts.astype(jnp.float32)
+    aux = {"placeholder_ce": loss,
+           "placeholder_p_unknown": jnp.sum(p_unknown * counted) / jnp.maximum(jnp.sum(counted), 1.0)}
+    return moon.placeholders_active(config, epoch) * config.weight * loss, aux
 
 
 def _average_shards(stacked: jax.Array) -> jax.Array:

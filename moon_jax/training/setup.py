@@ -193,7 +193,8 @@ def create_sparse_updater(
     )["params"]
     schedule = sparse.UpdateSchedule(update_every=s.update_every, end_step=end_step, drop_fraction=s.drop_fraction)
     rule = SparsityRule(dense_first_layer=s.dense_first_layer, dense_last_layer=s.dense_last_layer)
-    return sparse.make_updater(abstract_params, s.method, s.sparsity, s.distribution, schedule, rule)
+    return sparse.make_updater(abstract_params, s.method, s.sparsity, s.distribution, schedule, rule,
+                               structure=s.structure)
 
 
 def create_moon_loss(config: ml_collections.ConfigDict) -> Optional[moon.MoonLossConfig]:

@@ -35,7 +35,8 @@ lowest-scoring active weights of the layer (as unstructured), then every group t
 grows ``d`` of its own inactive positions by grow score, so each group holds ``N`` again. Blocks
 and channels drop the ``k / unit_size`` units with the smallest summed drop score (``sum |w|``) and
 grow as many by summed grow score (``sum |grad|``, or summed noise for SET: sums of i.i.d. noise
-rank units uniformly at random). Ties break towards the lower index, as in
+rank units uniformly at random); ``k / unit_size`` is floored, as RigL floors ``k``, so a layer of
+few large units moves only when ``k`` reaches a whole unit. Ties break towards the lower index, as in
 :func:`moon_jax.sparse.selection.top_k_mask`; every function is jittable with static shapes and a
 traced ``k``.
 """

@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO, restore_final, run_python
 from moon_jax.sparse import (
     UNSTRUCTURED,
-    Structure,
     SparsityRule,
+    Structure,
     UpdateSchedule,
     drop_and_grow,
     make_updater,
@@ -76,7 +76,9 @@ def reference_nm_drop_and_grow(mask, drop, grow, k, count, n, m):
 
 def reference_unit_drop_and_grow(mask, drop, grow, k_units, structure):
     """Blocks / channels in plain numpy: units ranked by summed scores, whole units moved."""
-    to_units = lambda x: unit_sums(np.asarray(x, np.float64), structure).reshape(-1)  # noqa: E731
+    def to_units(x):
+        return unit_sums(np.asarray(x, np.float64), structure).reshape(-1)
+
     active = np.flatnonzero(to_units(mask) > 0)
     d, g = to_units(drop), to_units(grow)
     kept = np.zeros(d.size, bool)

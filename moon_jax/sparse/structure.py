@@ -51,7 +51,12 @@ import jax
 import jax.numpy as jnp
 
 from moon_jax.sparse.distribution import SparsityPlan
-from moon_jax.sparse.selection import drop_and_grow, order_preserving_keys, random_mask, top_k_mask
+from moon_jax.sparse.selection import (
+    drop_and_grow,
+    order_preserving_keys,
+    random_mask,
+    top_k_mask,
+)
 
 KINDS = ("unstructured", "nm", "block", "channel")
 SPELLINGS = "'unstructured', 'nm_N,M' or 'N:M' (0 < N < M, e.g. nm_2,4), 'block_R,C' (e.g. block_4,4), 'channel'"
@@ -112,7 +117,7 @@ def parse_structure(spec: Union[str, Structure]) -> Structure:
     if text.startswith("block_"):
         return Structure(kind="block", block=_positive_pair(text[len("block_"):], spec))
     if text.startswith("nm_") or ":" in text:
-        n, m = _positive_pair(text[3:] if text.startswith("nm_") else text, spec)
+        n, m = _positive_pair(text.removeprefix("nm_"), spec)
         if n >= m:
             raise ValueError(f"structure {spec!r} keeps {n} of every {m} weights; N:M needs N < M "
                              f"(for dense layers use sparse.method = dense); allowed: {SPELLINGS}")
@@ -156,7 +161,7 @@ def structured_count(structure: Structure, shape: tuple[int, ...], planned: int)
     if structure.kind == "nm":
         return size // structure.m * structure.n
     unit = unit_size(structure, shape)
-    units = min(max(int(math.floor(planned / unit + 0.5)), 1), size // unit)
+    units = min(max(math.floor(planned / unit + 0.5), 1), size // unit)
     return units * unit
 
 

@@ -119,6 +119,15 @@ def test_parse_errors_name_the_value_and_the_spellings(bad):
     assert repr(bad) in str(err.value) and "allowed: 'unstructured', 'nm_N,M'" in str(err.value)
 
 
+def test_a_structure_built_directly_is_validated_too():
+    with pytest.raises(ValueError, match="needs 0 < N < M, got 4:2"):
+        Structure("nm", 4, 2)
+    with pytest.raises(ValueError, match=r"positive sizes, got \(0, 4\)"):
+        Structure("block", block=(0, 4))
+    with pytest.raises(ValueError, match="unknown structure kind 'rows'"):
+        Structure("rows")
+
+
 def test_config_field_is_validated_and_named_in_the_method():
     from conftest import load_config
     from moon_jax.training.config import ConfigError, describe_method, validate_config

@@ -64,7 +64,8 @@ SPELLINGS = "'unstructured', 'nm_N,M' or 'N:M' (0 < N < M, e.g. nm_2,4), 'block_
 
 @dataclasses.dataclass(frozen=True)
 class Structure:
-    """Which mask patterns a layer may take (build it with :func:`parse_structure`).
+    """Which mask patterns a layer may take (build it with :func:`parse_structure`; a value
+    outside the allowed ones raises ``ValueError``, whichever way it is built).
 
     Attributes:
       kind: ``unstructured``, ``nm``, ``block`` or ``channel``.
@@ -76,6 +77,15 @@ class Structure:
     n: int = 0
     m: int = 0
     block: tuple[int, int] = (0, 0)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown structure kind {self.kind!r}; allowed: {SPELLINGS}")
+        if self.kind == "nm" and not 0 < self.n < self.m:
+            raise ValueError(f"N:M keeps N of every M weights and needs 0 < N < M, got {self.n}:{self.m} "
+                             f"(for dense layers use sparse.method = dense); allowed: {SPELLINGS}")
+        if self.kind == "block" and min(self.block) < 1:
+            raise ValueError(f"blocks need positive sizes, got {self.block}; allowed: {SPELLINGS}")
 
     def __str__(self) -> str:
         if self.kind == "nm":
@@ -93,11 +103,22 @@ class Structure:
 UNSTRUCTURED = Structure()
 
 
-def _positive_pair(text: str, spec: str) -> tuple[int, int]:
+def _integer_pair(text: str, spec: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*[,:]\s*(\d+)\s*", text)
-    if not match or int(match[1]) < 1 or int(match[2]) < 1:
-        raise ValueError(f"structure {spec!r} needs two positive integers; allowed: {SPELLINGS}")
+    if not match:
+        raise ValueError(f"structure {spec!r} needs two integers; allowed: {SPELLINGS}")
     return int(match[1]), int(match[2])
+
+
+def _from_text(text: str, spec: str) -> Structure:
+    if text in ("unstructured", "channel"):
+        return Structure(kind=text)
+    if text.startswith("block_"):
+        return Structure(kind="block", block=_integer_pair(text.removeprefix("block_"), spec))
+    if text.startswith("nm_") or ":" in text:
+        n, m = _integer_pair(text.removeprefix("nm_"), spec)
+        return Structure(kind="nm", n=n, m=m)
+    raise ValueError(f"unknown sparsity structure {spec!r}; allowed: {SPELLINGS}")
 
 
 def parse_structure(spec: Union[str, Structure]) -> Structure:
@@ -111,18 +132,11 @@ def parse_structure(spec: Union[str, Structure]) -> Structure:
         return spec
     if not isinstance(spec, str):
         raise ValueError(f"structure {spec!r} is not a string; allowed: {SPELLINGS}")
-    text = spec.strip().lower()
-    if text in ("unstructured", "channel"):
-        return Structure(kind=text)
-    if text.startswith("block_"):
-        return Structure(kind="block", block=_positive_pair(text[len("block_"):], spec))
-    if text.startswith("nm_") or ":" in text:
-        n, m = _positive_pair(text.removeprefix("nm_"), spec)
-        if n >= m:
-            raise ValueError(f"structure {spec!r} keeps {n} of every {m} weights; N:M needs N < M "
-                             f"(for dense layers use sparse.method = dense); allowed: {SPELLINGS}")
-        return Structure(kind="nm", n=n, m=m)
-    raise ValueError(f"unknown sparsity structure {spec!r}; allowed: {SPELLINGS}")
+    try:
+        return _from_text(spec.strip().lower(), spec)
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if repr(spec) in message else f"structure {spec!r}: {message}") from None
 
 
 # ----------------------------------------------------------------------------- counts

@@ -1,5 +1,5 @@
-"""The sparse-training engine: masks, layer-wise sparsity, RigL / SET / static updates,
-masked Optax updates and FLOPs accounting."""
+"""The sparse-training engine: masks (unstructured, N:M, block, channel), layer-wise sparsity,
+RigL / SET / static updates, masked Optax updates and FLOPs accounting."""
 from moon_jax.sparse.distribution import (
     DISTRIBUTIONS,
     SparsityPlan,
@@ -18,6 +18,16 @@ from moon_jax.sparse.optim import (
 )
 from moon_jax.sparse.wrapped_optimizer import SparseOptimizer, SparseOptimizerState, sparse_optimizer
 from moon_jax.sparse.schedule import UpdateSchedule, drop_fraction_at, is_update_step, update_steps
+from moon_jax.sparse.structure import (
+    UNSTRUCTURED,
+    Structure,
+    parse_structure,
+    structure_plan,
+    structured_count,
+    structured_drop_and_grow,
+    structured_random_mask,
+    top_structured_mask,
+)
 from moon_jax.sparse.updaters import (
     METHODS,
     SparseState,

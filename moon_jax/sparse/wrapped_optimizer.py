@@ -17,7 +17,7 @@ step; ``dense`` and ``static`` have no branch at all.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence, Union
 
 import jax
 import optax
@@ -25,6 +25,7 @@ import optax
 from moon_jax.sparse.leaves import SparsityRule
 from moon_jax.sparse.optim import masked_updates, reset_optimizer_state
 from moon_jax.sparse.schedule import UpdateSchedule
+from moon_jax.sparse.structure import Structure
 from moon_jax.sparse.updaters import SparseState, SparseUpdater, make_updater
 
 PyTree = Any
@@ -118,13 +119,15 @@ def sparse_optimizer(
     drop_fraction: float = 0.3,
     rule: SparsityRule = SparsityRule(),
     then: Sequence[optax.GradientTransformation] = (),
+    structure: Union[str, Structure] = "unstructured",
 ) -> SparseOptimizer:
     """Sparse training with ``optimizer``: masks, their schedule and the masked update in one.
 
     Args:
       params: the parameter tree (only shapes are read).
       optimizer: any Optax optimizer (``optax.sgd``, ``optax.adamw``, a chain, ...).
-      method, sparsity, distribution, rule: see :func:`moon_jax.sparse.make_updater`.
+      method, sparsity, distribution, rule, structure: see :func:`moon_jax.sparse.make_updater`
+        (``structure``, e.g. ``"nm_2,4"``, is the masks' pattern, :mod:`moon_jax.sparse.structure`).
       update_every, end_step, drop_fraction: the mask-update schedule
         (:class:`moon_jax.sparse.UpdateSchedule`; ``end_step`` 0 means masks never change).
       then: transformations applied after the masking, seeing the masked update (e.g.
@@ -132,6 +135,6 @@ def sparse_optimizer(
     """
     schedule = UpdateSchedule(update_every=update_every, end_step=end_step, drop_fraction=drop_fraction)
     updater = make_updater(params, method=method, sparsity=sparsity, distribution=distribution,
-                           schedule=schedule, rule=rule)
+                           schedule=schedule, rule=rule, structure=structure)
     tx = optax.chain(masked_updates(optimizer), *then)
     return SparseOptimizer(updater=updater, tx=tx)

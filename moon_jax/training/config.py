@@ -20,6 +20,7 @@ from moon_jax.moon.loss import ALPHA_TUNINGS, WEIGHTINGS
 from moon_jax.moon.recipe import HEADS
 from moon_jax.sparse.distribution import DISTRIBUTIONS
 from moon_jax.sparse.schedule import DROP_COUNT_ROUNDINGS
+from moon_jax.sparse.structure import parse_structure
 from moon_jax.sparse.updaters import METHODS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -38,6 +39,8 @@ def describe_method(config) -> str:
     name = config.sparse.method
     if config.sparse.method != "dense":
         name += f" {100 * config.sparse.sparsity:g}% {config.sparse.distribution}"
+        if config.sparse.structure != "unstructured":
+            name += f" {config.sparse.structure}"
     m, extras, prefix = config.moon, [], ""
     if m.enabled:
         prefix = "" if m.head == "none" else "MOON + "
@@ -134,6 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sparse.drop_count_rounding = "floor"  # floor (RigL) | ceil (MOON reference) of fraction x nnz
     c.sparse.dense_first_layer = False
     c.sparse.dense_last_layer = False
+    c.sparse.structure = "unstructured"  # unstructured | nm_N,M (or N:M) | block_R,C | channel
 
     c.moon = ml_collections.ConfigDict()
     c.moon.enabled = True  # K+1 head + unknown-aware loss + voting; False = none of the moon.* switches
@@ -396,6 +400,13 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     _check_number(config, "sparse.end_fraction", 0.0, 1.0)
     _check_positive_int(config, "sparse.drop_fraction_cosine_steps", allow_zero=True)
     _check_choice(config, "sparse.drop_count_rounding", DROP_COUNT_ROUNDINGS)
+    try:
+        structure = parse_structure(config.sparse.structure)
+    except ValueError as error:
+        raise _fail("sparse.structure", config.sparse.structure, str(error)) from None
+    if config.sparse.method == "dense" and not structure.is_unstructured:
+        raise _fail("sparse.structure", config.sparse.structure,
+                    "method dense has no masks to structure; use 'unstructured' or a sparse method")
 
     _check_positive_int(config, "moon.warmup_epochs", allow_zero=True)
     _check_number(config, "moon.ewma_mu", 0.0, 1.0, low_open=True)

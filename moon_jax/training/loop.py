@@ -328,6 +328,7 @@ def _print_run_summary(config, data: RunData, setup: TrainingSetup, state: Train
             f"(achieved sparsity {plan.achieved_sparsity:.6f}, target {plan.target_sparsity}); "
             f"{sum(c is not None for c in setup.updater.nonzeros)} masked layers, "
             f"{sum(plan.is_dense(n) for n in plan.shapes)} kept dense by the {plan.distribution} distribution"
+            + ("" if setup.updater.structure.is_unstructured else f" and the {setup.updater.structure} structure")
         )
     report = sparse.flops_report(
         lambda v, x: setup.model.apply(v, x, train=False),

@@ -198,7 +198,8 @@ def create_sparse_updater(
         cosine_steps=s.drop_fraction_cosine_steps, drop_count_rounding=s.drop_count_rounding,
     )
     rule = SparsityRule(dense_first_layer=s.dense_first_layer, dense_last_layer=s.dense_last_layer)
-    return sparse.make_updater(abstract_params, s.method, s.sparsity, s.distribution, schedule, rule)
+    return sparse.make_updater(abstract_params, s.method, s.sparsity, s.distribution, schedule, rule,
+                               structure=s.structure)
 
 
 def create_moon_loss(config: ml_collections.ConfigDict) -> Optional[moon.MoonLossConfig]:

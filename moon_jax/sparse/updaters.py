@@ -1,4 +1,5 @@
-"""Masks and the mask-update rules: dense, static, SET and RigL behind one interface.
+"""Masks and the mask-update rules of every algorithm of :mod:`moon_jax.sparse.algorithms`
+behind one interface.
 
 Masks are a pytree with the structure of the parameters: a boolean array at every sparse leaf and
 ``None`` at every dense leaf (biases, normalisation parameters, layers the distribution kept
@@ -14,7 +15,13 @@ Update rules are pure functions ``(state, params, grads, rng) -> (state, params)
   inactive after the drop (just-dropped ones included);
 * **SET** (Mocanu et al. 2018): drop by magnitude, grow ``k`` positions uniformly at random among
   the inactive ones (exactly ``k``; the reference draws a Bernoulli per position);
-* **static**: masks never change; **dense**: no masks at all.
+* **static**: masks never change; **dense**: no masks at all;
+* **pruning from dense** (``gmp``, ``saliency``, ``random_pruning``, ``global_*``, ``ste_*``):
+  masks start all True; at every pruning iteration of a :class:`PruningSchedule` each layer keeps
+  exactly its scheduled count of the best-scoring connections (global ones: exactly the
+  scheduled total over all sparse layers), chosen among its active ones (so pruning only
+  removes), or among all positions for ``ste_magnitude`` (straight-through: the dense weights
+  keep training, so a pruned weight can come back).
 
 ``k = floor(f(t) * nnz_l)`` with ``f`` the cosine-decayed drop fraction
 (:mod:`moon_jax.sparse.schedule`); RigL's official code floors, the MOON reference takes the
@@ -31,17 +38,20 @@ optimizer state is reset by :func:`moon_jax.sparse.optim.reset_optimizer_state`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
+from moon_jax.sparse.algorithms import METHODS, SCORES, Algorithm, get_algorithm
 from moon_jax.sparse.distribution import SparsityPlan, plan_sparsity
 from moon_jax.sparse.leaves import SparsityRule, leaf_names, sparsifiable_shapes
-from moon_jax.sparse.schedule import UpdateSchedule, drop_fraction_at, is_update_step
+from moon_jax.sparse.schedule import (PruningSchedule, UpdateSchedule, drop_fraction_at, is_pruning_step,
+                                      is_update_step, pruning_event_index, pruning_sparsity_at)
 
 PyTree = Any
-METHODS = ("dense", "static", "set", "rigl")
 
 
 class SparseState(NamedTuple):
@@ -142,32 +152,68 @@ def drop_and_grow(mask: jax.Array, drop_score: jax.Array, grow_score: jax.Array,
       k: number of connections to replace (traced int).
       nonzeros: the layer's static count of active connections.
     """
-    neg_inf = jnp.array(-jnp.inf, jnp.float32)
-    kept = top_k_mask(jnp.where(mask, drop_score.astype(jnp.float32), neg_inf), nonzeros - k)
-    grown = top_k_mask(jnp.where(kept, neg_inf, grow_score.astype(jnp.float32)), k)
+    kept = select(jnp.where(mask, drop_score.astype(jnp.float32), _NEG_INF), nonzeros - k)
+    grown = select(jnp.where(kept, _NEG_INF, grow_score.astype(jnp.float32)), k)
     return jnp.logical_or(kept, grown)
 
 
 def random_mask(key: jax.Array, shape: tuple[int, ...], nonzeros: int) -> jax.Array:
     """A mask with exactly ``nonzeros`` active positions, uniformly at random."""
-    return top_k_mask(jax.random.uniform(key, shape), nonzeros)
+    return select(jax.random.uniform(key, shape), nonzeros)
+
+
+_NEG_INF = -float("inf")  # below every score: never selected while k allows
+
+
+def select(scores: jax.Array, k, structure: str = "unstructured") -> jax.Array:
+    """The one per-layer selection every algorithm goes through: a mask of the ``k`` best
+    ``scores`` under ``structure`` (today ``unstructured`` only: :func:`top_k_mask`, exactly
+    ``k``). ``-inf`` marks positions that must not be chosen (while ``k`` allows)."""
+    if structure != "unstructured":
+        raise ValueError(f"mask structure {structure!r} is not supported yet; allowed: unstructured")
+    return top_k_mask(scores, k)
+
+
+def initial_mask(algorithm: Algorithm, key: jax.Array, shape: tuple[int, ...], nonzeros: int,
+                 structure: str = "unstructured") -> jax.Array:
+    """The mask a layer starts from: random with exactly ``nonzeros`` active positions for the
+    algorithms that are sparse from the start, all True for pruning from dense."""
+    if not algorithm.sparse_at_init:
+        return jnp.ones(shape, bool)
+    if structure != "unstructured":
+        raise ValueError(f"mask structure {structure!r} is not supported yet; allowed: unstructured")
+    return random_mask(key, shape, nonzeros)
+
+
+def select_global(scores: list[jax.Array], k, structure: str = "unstructured") -> list[jax.Array]:
+    """Masks of the ``k`` best scores over several layers together (one global threshold; an
+    exact total, per-layer counts as the scores fall): :func:`select` over the concatenation."""
+    flat = jnp.concatenate([s.reshape(-1).astype(jnp.float32) for s in scores])
+    chosen = select(flat, k, structure)
+    bounds = list(itertools.accumulate(s.size for s in scores))[:-1]
+    return [m.reshape(s.shape) for m, s in zip(jnp.split(chosen, bounds), scores)]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SparseUpdater:
-    """One interface for dense, static, SET and RigL training (cf. jaxpruner's updaters).
+    """One interface for every algorithm of :data:`moon_jax.sparse.ALGORITHMS` (cf. jaxpruner's
+    updaters).
 
     Build it with :func:`make_updater`. Its methods are pure and jit-compatible; the updater
-    itself holds only static configuration (method, schedule, exact per-layer counts).
+    itself holds only static configuration (method, schedules, exact per-layer counts).
 
     Attributes:
-      method: one of ``dense``, ``static``, ``set``, ``rigl``.
-      schedule: when and how much the masks change.
-      plan: exact per-layer counts (empty for ``dense``).
+      method: a :data:`moon_jax.sparse.METHODS` name.
+      schedule: when and how much drop-and-grow methods change masks.
+      plan: exact per-layer counts at the final sparsity (empty for ``dense``); for the global
+        methods only its total is binding (per-layer counts follow the scores).
       rule: which leaves are sparsifiable.
-      nonzeros: per parameter leaf in flatten order, the static count of a masked leaf, or
-        ``None`` for a dense leaf.
+      nonzeros: per parameter leaf in flatten order, the static count of a masked leaf at the
+        final sparsity, or ``None`` for a dense leaf.
       names: parameter leaf names in flatten order.
+      pruning: when pruning-from-dense methods prune (``None`` for the others).
+      event_counts: for per-layer pruning, the exact count of every masked leaf (flatten order)
+        at every pruning iteration of ``pruning``; for global pruning, the exact total.
     """
 
     method: str
@@ -176,15 +222,23 @@ class SparseUpdater:
     rule: SparsityRule
     nonzeros: tuple[Optional[int], ...]
     names: tuple[str, ...]
+    pruning: Optional[PruningSchedule] = None
+    event_counts: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The registry entry of :attr:`method`."""
+        return get_algorithm(self.method)
 
     # ----------------------------------------------------------------- construction
     def init(self, params: PyTree, rng: jax.Array) -> tuple[SparseState, PyTree]:
-        """Random masks with the plan's exact counts; returns the state and masked params."""
+        """Initial masks (random with the plan's exact counts, or all True for pruning from
+        dense); returns the state and masked params."""
         leaves, treedef = jax.tree.flatten(params)
         mask_rng, state_rng = jax.random.split(rng)
         keys = jax.random.split(mask_rng, max(len(leaves), 1))
         masks = [
-            None if count is None else random_mask(keys[i], leaf.shape, count)
+            None if count is None else initial_mask(self.algorithm, keys[i], leaf.shape, count)
             for i, (leaf, count) in enumerate(zip(leaves, self.nonzeros))
         ]
         masks = jax.tree.unflatten(treedef, masks)
@@ -194,48 +248,84 @@ class SparseUpdater:
     # ----------------------------------------------------------------- updates
     @property
     def changes_masks(self) -> bool:
-        """Whether this method ever updates masks (SET and RigL)."""
-        return self.method in ("set", "rigl") and self.schedule.end_step > 0
+        """Whether this method ever updates masks (drop-and-grow with updates scheduled, or
+        pruning)."""
+        if self.algorithm.is_pruning:
+            return self.pruning is not None
+        return self.algorithm.changes_masks and self.schedule.end_step > 0
+
+    @property
+    def straight_through(self) -> bool:
+        """Whether the optimizer trains dense weights (kept in
+        :func:`moon_jax.sparse.straight_through_updates`' state) behind masked ones."""
+        return self.algorithm.straight_through
 
     def is_update_step(self, step):
         """Whether iteration ``step`` performs a mask update for this method (a Python bool for
         a Python int, a traced bool inside ``jit``)."""
         if not self.changes_masks:
             return False
+        if self.algorithm.is_pruning:
+            return is_pruning_step(self.pruning, step)
         return is_update_step(self.schedule, step)
 
     def update(
         self, state: SparseState, params: PyTree, grads: PyTree, rng: Optional[jax.Array] = None
     ) -> tuple[SparseState, PyTree]:
-        """Drop-and-grow at the current step; ``grads`` must be the dense gradient.
+        """The mask update at the current step; ``grads`` must be the dense gradient.
 
-        ``rng`` defaults to ``fold_in(state.rng, state.step)``. The step counter is not advanced
-        here (see :meth:`advance`). For ``dense``/``static`` this returns its inputs.
+        ``params`` are the weights scores read: the stored (masked) ones, or for the
+        straight-through methods the dense ones. Returns the new state and ``params`` masked by
+        the new masks. ``rng`` defaults to ``fold_in(state.rng, state.step)``. The step counter
+        is not advanced here (see :meth:`advance`). For ``dense``/``static`` this returns its
+        inputs.
         """
         if not self.changes_masks:
             return state, params
         if rng is None:
             rng = jax.random.fold_in(state.rng, state.step)
-        fraction = drop_fraction_at(self.schedule, state.step)
         mask_leaves, treedef = jax.tree.flatten(state.masks, is_leaf=_is_none)
         param_leaves = treedef.flatten_up_to(params)
         grad_leaves = treedef.flatten_up_to(grads)
         keys = jax.random.split(rng, max(len(mask_leaves), 1))
+        if self.algorithm.is_pruning:
+            new_masks = self._prune(state.step, mask_leaves, param_leaves, grad_leaves, keys)
+        else:
+            new_masks = self._drop_and_grow(state.step, mask_leaves, param_leaves, grad_leaves, keys)
+        new_masks = jax.tree.unflatten(treedef, new_masks)
+        return state._replace(masks=new_masks), apply_masks(params, new_masks)
+
+    def _drop_and_grow(self, step, masks, params, grads, keys) -> list:
+        """RigL / SET: every masked layer replaces ``floor(f(t) * nnz_l)`` connections."""
+        fraction = drop_fraction_at(self.schedule, step)
+        drop, grow = SCORES[self.algorithm.drop_score], SCORES[self.algorithm.grow_score]
         new_masks = []
-        for i, (mask, param, grad, count) in enumerate(
-            zip(mask_leaves, param_leaves, grad_leaves, self.nonzeros)
-        ):
+        for i, (mask, param, grad, count) in enumerate(zip(masks, params, grads, self.nonzeros)):
             if mask is None:
                 new_masks.append(None)
                 continue
             k = jnp.floor(fraction * jnp.float32(count)).astype(jnp.int32)
-            if self.method == "rigl":
-                grow_score = jnp.abs(grad)
-            else:
-                grow_score = jax.random.uniform(keys[i], mask.shape)
-            new_masks.append(drop_and_grow(mask, jnp.abs(param), grow_score, k, count))
-        new_masks = jax.tree.unflatten(treedef, new_masks)
-        return state._replace(masks=new_masks), apply_masks(params, new_masks)
+            new_masks.append(drop_and_grow(mask, drop(param, grad, keys[i]), grow(param, grad, keys[i]), k, count))
+        return new_masks
+
+    def _prune(self, step, masks, params, grads, keys) -> list:
+        """Pruning: keep the scheduled count of the best-scoring candidates (the active
+        connections, or every position for ``ste_magnitude``), per layer or globally."""
+        table = jnp.asarray(self.event_counts, jnp.int32)[pruning_event_index(self.pruning, step)]
+        score = SCORES[self.algorithm.drop_score]
+        masked = [i for i, m in enumerate(masks) if m is not None]
+        scores = []
+        for i in masked:
+            s = score(params[i], grads[i], keys[i]).astype(jnp.float32)
+            scores.append(s if self.algorithm.prunes_from_all else jnp.where(masks[i], s, _NEG_INF))
+        if self.algorithm.scope == "global":
+            kept = select_global(scores, table[0])
+        else:
+            kept = [select(s, table[j]) for j, s in enumerate(scores)]
+        new_masks = list(masks)
+        for i, m in zip(masked, kept):
+            new_masks[i] = m
+        return new_masks
 
     def maybe_update(
         self, state: SparseState, params: PyTree, grads: PyTree, rng: Optional[jax.Array] = None
@@ -276,6 +366,36 @@ def _leaf_counts(params: PyTree, plan: SparsityPlan) -> tuple[tuple[Optional[int
     return counts, names
 
 
+def pruning_event_counts(
+    shapes: dict[str, tuple[int, ...]],
+    masked: list[str],
+    final_sparsity: float,
+    distribution: str,
+    pruning: PruningSchedule,
+    erk_power_scale: float = 1.0,
+    scope: str = "layer",
+) -> tuple[tuple[int, ...], ...]:
+    """Exact counts at every pruning iteration (host-side, before training).
+
+    Per layer: the ``distribution``'s exact plan (:func:`plan_sparsity`) at Zhu & Gupta's
+    sparsity of that iteration, for the ``masked`` layers; at the last iteration exactly the final
+    plan's counts. Largest-remainder rounding can make a layer's count rise by one from one
+    iteration to the next, which pruning cannot do; such a count is raised to the next
+    iteration's (so counts never rise and the final ones are exact; an intermediate total can
+    then exceed the plan's by a few weights). Global: ``round((1 - s_t) * N)`` over the masked
+    layers, one number per iteration.
+    """
+    sizes = {n: math.prod(shapes[n]) for n in masked}
+    sparsities = [pruning_sparsity_at(pruning, final_sparsity, t) for t in pruning.event_steps()]
+    if scope == "global":
+        total = sum(sizes.values())
+        return tuple((int(round((1.0 - s) * total)),) for s in sparsities)
+    rows = [[plan_sparsity(shapes, s, distribution, erk_power_scale).counts[n] for n in masked] for s in sparsities]
+    for j in range(len(rows) - 2, -1, -1):
+        rows[j] = [max(a, b) for a, b in zip(rows[j], rows[j + 1])]
+    return tuple(tuple(r) for r in rows)
+
+
 def make_updater(
     params: PyTree,
     method: str = "rigl",
@@ -284,20 +404,33 @@ def make_updater(
     schedule: Optional[UpdateSchedule] = None,
     rule: SparsityRule = SparsityRule(),
     erk_power_scale: float = 1.0,
+    pruning: Optional[PruningSchedule] = None,
 ) -> SparseUpdater:
     """Builds the updater for a parameter tree (only shapes are read).
 
-    ``dense`` ignores ``sparsity``; every other method needs ``0 <= sparsity < 1``.
+    ``dense`` ignores ``sparsity``; every other method needs ``0 <= sparsity < 1``. Pruning
+    methods prune on ``pruning`` (default: one-shot at iteration 0); the global ones mask every
+    sparsifiable layer (``distribution`` does not apply; the plan is uniform, its total exact).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown sparse method {method!r}; allowed: {', '.join(METHODS)}")
+    algorithm = get_algorithm(method)
     schedule = schedule or UpdateSchedule()
     shapes = sparsifiable_shapes(params, rule)
-    plan = plan_sparsity(shapes, 0.0 if method == "dense" else sparsity, distribution, erk_power_scale)
+    global_scope = algorithm.scope == "global"
+    plan = plan_sparsity(shapes, 0.0 if method == "dense" else sparsity, "uniform" if global_scope else distribution,
+                         erk_power_scale)
     counts, names = _leaf_counts(params, plan)
-    return SparseUpdater(
-        method=method, schedule=schedule, plan=plan, rule=rule, nonzeros=counts, names=names
-    )
+    if global_scope:  # every sparsifiable layer competes, even one the plan would keep dense
+        counts = tuple(plan.counts[n] if n in plan.counts else None for n in names)
+    if not algorithm.is_pruning:
+        return SparseUpdater(method=method, schedule=schedule, plan=plan, rule=rule, nonzeros=counts, names=names)
+    pruning = pruning or PruningSchedule(update_every=schedule.update_every)
+    if pruning.initial_sparsity > sparsity:
+        raise ValueError(f"initial_sparsity {pruning.initial_sparsity} exceeds the final sparsity {sparsity}")
+    masked = [n for n, c in zip(names, counts) if c is not None]
+    event_counts = pruning_event_counts(shapes, masked, sparsity, distribution, pruning, erk_power_scale,
+                                        algorithm.scope)
+    return SparseUpdater(method=method, schedule=schedule, plan=plan, rule=rule, nonzeros=counts, names=names,
+                         pruning=pruning, event_counts=event_counts)
 
 
 def masks_equal(a: PyTree, b: PyTree) -> bool:

@@ -7,7 +7,8 @@ mask-update iteration, and the optimizer-state reset of changed connections
 (:func:`moon_jax.sparse.reset_optimizer_state`). One state object carries the masks, the
 iteration count and the optimizer state.
 
-A mask-update iteration (RigL / SET, every ``update_every`` iterations until ``end_step``)
+A mask-update iteration (RigL / SET, every ``update_every`` iterations until ``end_step``; a
+pruning iteration of the pruning methods, from ``start_step`` to ``end_step`` inclusive)
 replaces the optimizer step, as in RigL (Evci et al. 2020, Alg. 1) and the MOON reference code:
 the dense gradient decides which connections grow, and no optimizer update is applied in that
 iteration. The branch is a ``jax.lax.cond``, which executes only the taken branch, so an ordinary
@@ -23,8 +24,10 @@ import jax
 import optax
 
 from moon_jax.sparse.leaves import SparsityRule
-from moon_jax.sparse.optim import masked_updates, reset_optimizer_state
-from moon_jax.sparse.schedule import UpdateSchedule
+from moon_jax.sparse.algorithms import get_algorithm
+from moon_jax.sparse.optim import (masked_updates, reset_optimizer_state, straight_through_updates,
+                                   straight_through_weights)
+from moon_jax.sparse.schedule import PruningSchedule, UpdateSchedule
 from moon_jax.sparse.updaters import SparseState, SparseUpdater, make_updater
 
 PyTree = Any
@@ -49,15 +52,16 @@ class SparseOptimizer:
 
     Attributes:
       updater: the masks' method, plan and schedule.
-      tx: ``optax.chain(masked_updates(optimizer), *then)``.
+      tx: ``optax.chain(masked_updates(optimizer), *then)``, or
+        ``straight_through_updates(optimizer)`` first for the straight-through methods.
     """
 
     updater: SparseUpdater
     tx: optax.GradientTransformationExtraArgs
 
     def init(self, params: PyTree, rng: jax.Array) -> tuple[PyTree, SparseOptimizerState]:
-        """Random masks with the plan's exact per-layer counts; returns the masked parameters
-        and the state."""
+        """Initial masks (random with the plan's exact per-layer counts, all True for pruning
+        from dense); returns the masked parameters and the state."""
         sparse_state, params = self.updater.init(params, rng)
         return params, SparseOptimizerState(sparse=sparse_state, opt_state=self.tx.init(params))
 
@@ -70,6 +74,13 @@ class SparseOptimizer:
     def masks(state: SparseOptimizerState) -> PyTree:
         """The current masks (``None`` at dense leaves)."""
         return state.sparse.masks
+
+    def dense_params(self, state: SparseOptimizerState) -> PyTree:
+        """The dense weights the straight-through methods train (the parameters are these
+        masked); ValueError for the other methods."""
+        if not self.updater.straight_through:
+            raise ValueError(f"method {self.updater.method!r} keeps no dense weights (not straight-through)")
+        return straight_through_weights(state.opt_state)
 
     def apply_gradients(self, grads: PyTree, state: SparseOptimizerState, params: PyTree,
                         **extra_args) -> tuple[PyTree, SparseOptimizerState]:
@@ -94,8 +105,12 @@ class SparseOptimizer:
 
         def mask_iteration(operands):
             grads, state, params = operands
-            sparse_state, new_params = self.updater.update(state.sparse, params, grads)
-            opt_state = reset_optimizer_state(state.opt_state, new_params, state.sparse.masks, sparse_state.masks)
+            if self.updater.straight_through:  # scores read the dense weights, which keep their state
+                sparse_state, new_params = self.updater.update(state.sparse, self.dense_params(state), grads)
+                opt_state = state.opt_state
+            else:
+                sparse_state, new_params = self.updater.update(state.sparse, params, grads)
+                opt_state = reset_optimizer_state(state.opt_state, new_params, state.sparse.masks, sparse_state.masks)
             return new_params, SparseOptimizerState(sparse=sparse_state, opt_state=opt_state)
 
         operands = (grads, state, params)
@@ -118,20 +133,31 @@ def sparse_optimizer(
     drop_fraction: float = 0.3,
     rule: SparsityRule = SparsityRule(),
     then: Sequence[optax.GradientTransformation] = (),
+    start_step: int = 0,
+    initial_sparsity: float = 0.0,
 ) -> SparseOptimizer:
     """Sparse training with ``optimizer``: masks, their schedule and the masked update in one.
 
     Args:
       params: the parameter tree (only shapes are read).
       optimizer: any Optax optimizer (``optax.sgd``, ``optax.adamw``, a chain, ...).
-      method, sparsity, distribution, rule: see :func:`moon_jax.sparse.make_updater`.
-      update_every, end_step, drop_fraction: the mask-update schedule
+      method, sparsity, distribution, rule: see :func:`moon_jax.sparse.make_updater`; ``method``
+        is any :data:`moon_jax.sparse.METHODS` name.
+      update_every, end_step, drop_fraction: the mask-update schedule of drop-and-grow methods
         (:class:`moon_jax.sparse.UpdateSchedule`; ``end_step`` 0 means masks never change).
       then: transformations applied after the masking, seeing the masked update (e.g.
         :func:`moon_jax.moon.weight_averaging`).
+      start_step, initial_sparsity: with ``end_step`` and ``update_every``, the pruning schedule
+        of the pruning methods (:class:`moon_jax.sparse.PruningSchedule`: prune at
+        ``start_step``, every ``update_every`` iterations after, and at ``end_step``, where the
+        target ``sparsity`` is reached exactly; ``start_step == end_step`` prunes once).
     """
-    schedule = UpdateSchedule(update_every=update_every, end_step=end_step, drop_fraction=drop_fraction)
+    algorithm = get_algorithm(method)
+    schedule = UpdateSchedule(update_every=update_every, end_step=0 if algorithm.is_pruning else end_step,
+                              drop_fraction=drop_fraction)
+    pruning = PruningSchedule(start_step=start_step, end_step=end_step, update_every=update_every,
+                              initial_sparsity=initial_sparsity) if algorithm.is_pruning else None
     updater = make_updater(params, method=method, sparsity=sparsity, distribution=distribution,
-                           schedule=schedule, rule=rule)
-    tx = optax.chain(masked_updates(optimizer), *then)
-    return SparseOptimizer(updater=updater, tx=tx)
+                           schedule=schedule, rule=rule, pruning=pruning)
+    first = straight_through_updates(optimizer) if algorithm.straight_through else masked_updates(optimizer)
+    return SparseOptimizer(updater=updater, tx=optax.chain(first, *then))

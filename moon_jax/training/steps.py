@@ -162,9 +162,10 @@ def snapshot_step(state: TrainState) -> TrainState:
 
 
 def mask_update_step(setup: TrainingSetup, state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
-    """A mask-update iteration: dense gradient, drop-and-grow, no optimizer step.
+    """A mask-update iteration: dense gradient, drop-and-grow or pruning, no optimizer step.
 
-    The optimizer state of grown and dropped connections is reset.
+    The optimizer state of grown and dropped connections is reset (straight-through methods keep
+    theirs: their dense weights train on).
     """
     rng = jax.random.fold_in(state.rng, state.step)
     step_rng, update_rng = jax.random.split(rng)
@@ -172,8 +173,13 @@ def mask_update_step(setup: TrainingSetup, state: TrainState, images: jax.Array,
         setup, state, state.params, images, labels, step_rng
     )
     engine_state = sparse.SparseState(masks=state.masks, step=state.step, rng=update_rng)
-    engine_state, params = setup.updater.update(engine_state, state.params, grads, update_rng)
-    opt_state = sparse.reset_optimizer_state(state.opt_state, params, state.masks, engine_state.masks)
+    if setup.updater.straight_through:  # scores read the dense weights, which keep their optimizer state
+        engine_state, params = setup.updater.update(
+            engine_state, sparse.straight_through_weights(state.opt_state), grads, update_rng)
+        opt_state = state.opt_state
+    else:
+        engine_state, params = setup.updater.update(engine_state, state.params, grads, update_rng)
+        opt_state = sparse.reset_optimizer_state(state.opt_state, params, state.masks, engine_state.masks)
     new = state._replace(
         params=params, batch_stats=batch_stats, opt_state=opt_state, masks=engine_state.masks, moon=moon_state
     )

@@ -244,3 +244,9 @@ def test_config_rejects_pruning_into_averaging_and_ste_with_cigl():
         validate_config(config)
     config.moon.dropconnect_rate = 0.0
     validate_config(config)
+
+
+def test_readme_lists_the_registry_as_it_is():
+    from conftest import REPO
+
+    assert sparse.algorithms_table() in (REPO / "README.md").read_text()

@@ -250,3 +250,18 @@ def test_readme_lists_the_registry_as_it_is():
     from conftest import REPO
 
     assert sparse.algorithms_table() in (REPO / "README.md").read_text()
+
+
+def test_training_flops_follow_the_pruning_schedule():
+    params = mlp_params()
+    layers = [sparse.flops.LayerFlops("l1/kernel", "dense", 2 * 32 * 64, 1.0),
+              sparse.flops.LayerFlops("l2/kernel", "dense", 2 * 64 * 8, 1.0)]
+    one_shot = sparse.make_updater(params, "gmp", 0.75, "uniform", pruning=sparse.PruningSchedule(30, 30, 10))
+    phases = one_shot.density_phases(100)
+    assert phases == [(30, {"l1/kernel": 1.0, "l2/kernel": 1.0}), (70, {"l1/kernel": 0.25, "l2/kernel": 0.25})]
+    # dense for 30 iterations, then a quarter of the FLOPs for 70: (30 + 70 / 4) / 100
+    assert sparse.flops.phased_training_flops_relative(layers, phases) == pytest.approx(0.475)
+    # straight-through: the weight gradient stays dense, 2 f_S + f_D a sparse iteration
+    assert sparse.flops.phased_training_flops_relative(layers, phases, straight_through=True) == \
+        pytest.approx((30 + 70 * 1.5 / 3) / 100)
+    assert sparse.make_updater(params, "rigl").density_phases(100) == []

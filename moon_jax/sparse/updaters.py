@@ -348,6 +348,27 @@ class SparseUpdater:
         return state._replace(step=state.step + 1)
 
     # ----------------------------------------------------------------- reporting
+    def density_phases(self, total_steps: int) -> list[tuple[int, dict[str, float]]]:
+        """Host-side, for FLOPs accounting: ``(iterations, {layer: density})`` for each stretch
+        of a ``total_steps`` run over which the pruning methods' masks are fixed (dense until the
+        first pruning, then each pruning iteration's counts); ``[]`` for the other methods. For
+        the global methods, whose per-layer counts depend on the scores, every masked layer is
+        given the global density (the total is exact, its split an estimate)."""
+        if not self.algorithm.is_pruning:
+            return []
+        masked = [(n, self.plan.sizes[n]) for n, c in zip(self.names, self.nonzeros) if c is not None]
+        bounds = [t for t in self.pruning.event_steps() if t < total_steps]
+        phases = [(bounds[0] if bounds else total_steps, {n: 1.0 for n, _ in masked})]
+        for j, start in enumerate(bounds):
+            end = bounds[j + 1] if j + 1 < len(bounds) else total_steps
+            row = self.event_counts[j]
+            if self.algorithm.scope == "global":
+                density = row[0] / sum(size for _, size in masked)
+                phases.append((end - start, {n: density for n, _ in masked}))
+            else:
+                phases.append((end - start, {n: c / size for (n, size), c in zip(masked, row)}))
+        return phases
+
     def layer_density_report(self, masks: PyTree) -> dict[str, float]:
         """Mask density of every sparsifiable layer (1.0 for those kept dense), host-side."""
         leaves = jax.tree.leaves(masks, is_leaf=_is_none)

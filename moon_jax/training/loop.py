@@ -337,6 +337,8 @@ def _print_run_summary(config, data: RunData, setup: TrainingSetup, state: Train
         config.sparse.method,
         setup.schedule.total_steps,
         setup.updater.schedule,
+        phases=setup.updater.density_phases(setup.schedule.total_steps),
+        straight_through=setup.updater.straight_through,
     )
     log(report.describe())
 

@@ -329,6 +329,13 @@ def _print_run_summary(config, data: RunData, setup: TrainingSetup, state: Train
             f"{sum(c is not None for c in setup.updater.nonzeros)} masked layers, "
             f"{sum(plan.is_dense(n) for n in plan.shapes)} kept dense by the {plan.distribution} distribution"
         )
+    pruning = setup.updater.pruning
+    if pruning is not None:
+        log(
+            f"pruning from dense ({config.sparse.method}, Zhu & Gupta's cubic schedule): {pruning.num_events} pruning "
+            f"iterations from step {pruning.start_step} every {pruning.update_every} to step {pruning.end_step}, "
+            f"where the target is reached exactly"
+        )
     report = sparse.flops_report(
         lambda v, x: setup.model.apply(v, x, train=False),
         setup.variables(state.params, state.batch_stats),

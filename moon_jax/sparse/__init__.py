@@ -29,7 +29,7 @@ from moon_jax.sparse.optim import (
     straight_through_updates,
     straight_through_weights,
 )
-from moon_jax.sparse.wrapped_optimizer import SparseOptimizer, SparseOptimizerState, sparse_optimizer
+from moon_jax.sparse.wrapped_optimizer import SparseOptimizer, SparseOptimizerState, sparse_optimizer, update_masks
 from moon_jax.sparse.schedule import (
     PruningSchedule,
     UpdateSchedule,

@@ -18,7 +18,7 @@ step; ``dense`` and ``static`` have no branch at all.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import optax
@@ -43,6 +43,21 @@ class SparseOptimizerState(NamedTuple):
 
     sparse: SparseState
     opt_state: Any
+
+
+def update_masks(updater: SparseUpdater, sparse_state: SparseState, params: PyTree, opt_state: PyTree, grads: PyTree,
+                 rng: Optional[jax.Array] = None) -> tuple[SparseState, PyTree, PyTree]:
+    """A mask-update iteration's work, shared by :class:`SparseOptimizer` and the trainer's
+    mask-update step: the updater's new masks and masked parameters, and the optimizer state.
+
+    Scores read the stored parameters, and the optimizer state of grown and dropped connections
+    is reset; the straight-through methods score their dense weights (kept in the optimizer
+    state, which keeps training them unchanged)."""
+    if updater.straight_through:
+        sparse_state, params = updater.update(sparse_state, straight_through_weights(opt_state), grads, rng)
+        return sparse_state, params, opt_state
+    new_state, new_params = updater.update(sparse_state, params, grads, rng)
+    return new_state, new_params, reset_optimizer_state(opt_state, new_params, sparse_state.masks, new_state.masks)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -105,12 +120,8 @@ class SparseOptimizer:
 
         def mask_iteration(operands):
             grads, state, params = operands
-            if self.updater.straight_through:  # scores read the dense weights, which keep their state
-                sparse_state, new_params = self.updater.update(state.sparse, self.dense_params(state), grads)
-                opt_state = state.opt_state
-            else:
-                sparse_state, new_params = self.updater.update(state.sparse, params, grads)
-                opt_state = reset_optimizer_state(state.opt_state, new_params, state.sparse.masks, sparse_state.masks)
+            sparse_state, new_params, opt_state = update_masks(self.updater, state.sparse, params, state.opt_state,
+                                                               grads)
             return new_params, SparseOptimizerState(sparse=sparse_state, opt_state=opt_state)
 
         operands = (grads, state, params)

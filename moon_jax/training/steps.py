@@ -173,13 +173,8 @@ def mask_update_step(setup: TrainingSetup, state: TrainState, images: jax.Array,
         setup, state, state.params, images, labels, step_rng
     )
     engine_state = sparse.SparseState(masks=state.masks, step=state.step, rng=update_rng)
-    if setup.updater.straight_through:  # scores read the dense weights, which keep their optimizer state
-        engine_state, params = setup.updater.update(
-            engine_state, sparse.straight_through_weights(state.opt_state), grads, update_rng)
-        opt_state = state.opt_state
-    else:
-        engine_state, params = setup.updater.update(engine_state, state.params, grads, update_rng)
-        opt_state = sparse.reset_optimizer_state(state.opt_state, params, state.masks, engine_state.masks)
+    engine_state, params, opt_state = sparse.update_masks(
+        setup.updater, engine_state, state.params, state.opt_state, grads, update_rng)
     new = state._replace(
         params=params, batch_stats=batch_stats, opt_state=opt_state, masks=engine_state.masks, moon=moon_state
     )

@@ -209,6 +209,13 @@ def test_dense_to_sparse_run_reaches_the_target_at_its_end_step_and_resumes_bit_
     assert sum(mask_counts(a.masks)) == sum(n for n in restore_final_counts(config) if n is not None)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    if sparse.ALGORITHMS[method].straight_through:  # the forward weights are exactly the dense ones, masked
+        dense = sparse.straight_through_weights(a.opt_state)
+        for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(sparse.apply_masks(dense, a.masks))):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        pruned = [np.asarray(d)[~np.asarray(m)] for d, m in zip(jax.tree.leaves(dense), jax.tree.leaves(
+            a.masks, is_leaf=lambda x: x is None)) if m is not None]
+        assert all(np.count_nonzero(p) == p.size for p in pruned)  # the pruned weights trained on
 
 
 def restore_final_counts(config):

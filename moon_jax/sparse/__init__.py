@@ -26,6 +26,7 @@ from moon_jax.sparse.optim import (
     scale_by_schedule_at_step,
     sgd_nesterov,
     StraightThroughState,
+    straight_through_params,
     straight_through_updates,
     straight_through_weights,
 )

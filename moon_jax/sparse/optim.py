@@ -80,7 +80,8 @@ def straight_through_updates(inner: optax.GradientTransformation) -> optax.Gradi
     The state keeps the dense weights; ``inner`` updates them with the gradient at *every*
     position: the gradient of the loss with respect to the masked weight is used as the gradient
     of its dense weight, so pruned weights keep training and can return at the next pruning
-    iteration. The returned updates take the (masked) ``params`` to the new dense weights masked:
+    iteration. The returned updates take the (masked) ``params`` to the new dense weights masked
+    (up to rounding: :func:`straight_through_params` gives them exactly):
     ``u`` where active (``params`` equal the dense weights there, so ``params + u`` is exactly
     the dense update), ``-params`` where inactive (exactly zero). Same signature as
     :func:`masked_updates`: ``update(updates, state, params, *, masks, **extra)``.
@@ -109,6 +110,15 @@ def straight_through_weights(opt_state: PyTree) -> PyTree:
     if len(nodes) != 1:
         raise ValueError(f"expected one straight_through_updates state in the optimizer state, found {len(nodes)}")
     return nodes[0].dense
+
+
+def straight_through_params(opt_state: PyTree, masks: PyTree) -> PyTree:
+    """The parameters of a straight-through model: its dense weights (in ``opt_state``) masked.
+
+    Exactly what ``params + updates`` of :func:`straight_through_updates` means; use it instead
+    of applying the updates, which XLA may round differently from the dense weights' own update
+    (a fused multiply-add in one place and not the other: an ulp apart, drifting)."""
+    return apply_masks(straight_through_weights(opt_state), masks)
 
 
 def _param_shaped(node: Any, treedef, shapes) -> bool:

@@ -25,8 +25,8 @@ import optax
 
 from moon_jax.sparse.leaves import SparsityRule
 from moon_jax.sparse.algorithms import get_algorithm
-from moon_jax.sparse.optim import (masked_updates, reset_optimizer_state, straight_through_updates,
-                                   straight_through_weights)
+from moon_jax.sparse.optim import (masked_updates, reset_optimizer_state, straight_through_params,
+                                   straight_through_updates, straight_through_weights)
 from moon_jax.sparse.schedule import PruningSchedule, UpdateSchedule
 from moon_jax.sparse.updaters import SparseState, SparseUpdater, make_updater
 
@@ -116,6 +116,8 @@ class SparseOptimizer:
             grads, state, params = operands
             updates, opt_state = self.tx.update(grads, state.opt_state, params, masks=state.sparse.masks,
                                                 **extra_args)
+            if self.updater.straight_through:  # exactly the masked dense weights
+                return straight_through_params(opt_state, state.sparse.masks), state._replace(opt_state=opt_state)
             return optax.apply_updates(params, updates), state._replace(opt_state=opt_state)
 
         def mask_iteration(operands):

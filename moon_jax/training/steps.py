@@ -150,7 +150,10 @@ def train_step(setup: TrainingSetup, state: TrainState, images: jax.Array, label
         setup, state, state.params, images, labels, step_rng
     )
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params, masks=state.masks, step=state.step)
-    params = optax.apply_updates(state.params, updates)
+    if setup.updater.straight_through:  # exactly the masked dense weights (params + updates may round apart)
+        params = sparse.straight_through_params(opt_state, state.masks)
+    else:
+        params = optax.apply_updates(state.params, updates)
     new = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state, moon=moon_state)
     return _finish(setup, state, new, loss, aux)
 

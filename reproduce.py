@@ -18,13 +18,15 @@ train.py, evaluate each run on every OOD set, and write one report (docs/REPRODU
         --config.model.width=8 --config.train.epochs=4 --config.moon.warmup_epochs=1 \\
         --config.moon.averaging_epochs=1 --config.sparse.end_fraction=0.5 --config.data.num_train_examples=2000
 
-Methods (--methods, comma-separated; or a group: paper, ablations, baselines, all; a name or group
+Methods (--methods, comma-separated; or a group: paper, ablations, baselines, pruning, all; a name or group
 with @ and seeds joined by + runs over those seeds instead of --seeds, e.g. ablations@0):
   dense, static, set, rigl, moon_dense, moon_static, moon_set, moon_rigl; the paper's Figure 5
   ablations moon_rigl_no_loss (K+1 head, plain cross-entropy), moon_rigl_fixed_alpha,
   moon_rigl_no_voting (and moon_rigl_untuned_ramp, the reference's ramp without the EWMA); Figure 3's baselines mixup_rigl (Mixup, alpha 0.2) and cigl_rigl (CigL's
   1% random mask + weight averaging, K outputs); moon_rigl_reference_head (the reference's
-  10-output CIFAR-10 head) and moon_cigl_rigl (MOON with CigL's mask, as the reference ran it).
+  10-output CIFAR-10 head) and moon_cigl_rigl (MOON with CigL's mask, as the reference ran it);
+  pruning from dense (group pruning): gmp, saliency, random_pruning, global_magnitude,
+  global_saliency, ste_magnitude, ste_random, each also with MOON (moon_gmp, ...).
   With --methods=all the report lists the paper's methods first.
 
 Each run is `python train.py --config=... --workdir=<root>/<method>_s<seed> ...` with its output in

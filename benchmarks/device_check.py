@@ -86,7 +86,7 @@ class Sizes:
 
 
 REAL = Sizes(
-    step_cost=("--compile-rounds", "1"),
+    step_cost=("--compile-rounds", "1", "--algorithms", "rigl,gmp,ste_magnitude"),
     throughput=("--repeats", "3", "--steps", "80", "--loop-train-examples", "12800", "--loop-epochs", "7"),
     comparison_overrides=(),
     max_epochs=100, train_images=50000, batch=128,

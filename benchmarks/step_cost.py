@@ -18,6 +18,12 @@ once per 80 iterations in the first 70% of training) are for information. The la
 ``bytes ratio X``: hot MOON + RigL step / plain dense step. Target on the CPU backend at width 64,
 batch 128, fp32: X <= 1.02.
 
+**Per algorithm** (``--algorithms``, default every one of ``moon_jax.sparse.METHODS``; ``none``
+skips it): the hot step of MOON + each algorithm at 90% as the loop builds it, compiled, its bytes
+against the plain step, and its mask-update step's. Masked methods store exact zeros and cost
+what MOON + RigL costs; the straight-through ones (``ste_*``) also carry the dense weights in
+the optimizer state (one more parameter-sized array read and written per step).
+
 **Compile time** (``--compile-rounds``, default 3; 0 skips it). What a run compiles, measured as
 XLA reports it (JAX's backend-compile events, by function, the persistent cache off), in fresh
 processes, the plain loop and a MOON + RigL run taking turns, one round after another:
@@ -49,6 +55,7 @@ import jax.numpy as jnp
 
 from common import (CIFAR_MEAN, CIFAR_STD, IMAGE_SHAPE, MODELS, library_config, model_kwargs, model_title,
                     plain_dense_step, synthetic_batch)
+from moon_jax import sparse
 from moon_jax.models import create_model
 from moon_jax.devices import DataParallel
 from moon_jax.training import compile_steps, create_train_state, create_training_setup
@@ -74,13 +81,19 @@ def plain_step_cost(width: int, batch: int, dtype: str, model: str = "resnet18")
     return step.lower(state, images, labels).compile(), count_arrays(state, images, labels), count_arrays(out_shapes)
 
 
-def moon_rigl_steps(width: int, batch: int, dtype: str, model: str = "resnet18"):
-    """The training loop's compiled MOON + RigL 90% steps: ``{name: (compiled, in, out)}``."""
-    config = library_config("rigl", True, batch, dtype, width, model=model)  # the reference recipe
+def loop_steps(method: str, width: int, batch: int, dtype: str, model: str = "resnet18"):
+    """``(compiled steps, abstract state, batch)`` of MOON + ``method`` at 90% as the loop builds
+    them (the reference recipe, CIFAR-10-sized)."""
+    config = library_config(method, True, batch, dtype, width, model=model)
     setup = create_training_setup(config, 50000, 10, IMAGE_SHAPE, CIFAR_MEAN, CIFAR_STD, mesh=None)
     compiled = compile_steps(setup, DataParallel())
     state = jax.eval_shape(lambda: create_train_state(setup, jax.random.PRNGKey(0), IMAGE_SHAPE))
-    images, labels = synthetic_batch(batch)
+    return compiled, state, synthetic_batch(batch)
+
+
+def moon_rigl_steps(width: int, batch: int, dtype: str, model: str = "resnet18"):
+    """The training loop's compiled MOON + RigL 90% steps: ``{name: (compiled, in, out)}``."""
+    compiled, state, (images, labels) = loop_steps("rigl", width, batch, dtype, model)  # the reference recipe
     variants = {
         "MOON + RigL 90%: hot step": (compiled.train, (state, images, labels)),
         "MOON + RigL 90%: snapshot after the step (rare)": (compiled.snapshot, (state,)),
@@ -90,6 +103,30 @@ def moon_rigl_steps(width: int, batch: int, dtype: str, model: str = "resnet18")
     for name, (fn, args) in variants.items():
         out[name] = (fn.lower(*args).compile(), count_arrays(*args), count_arrays(jax.eval_shape(fn, *args)))
     return out
+
+
+def algorithm_costs(methods, width: int, batch: int, dtype: str, model: str = "resnet18") -> dict:
+    """``{method: (hot-step cost, mask-update cost, arrays in)}`` of MOON + each method at 90%,
+    each a ``(bytes accessed, flops)`` pair."""
+    out = {}
+    for method in methods:
+        compiled, state, (images, labels) = loop_steps(method, width, batch, dtype, model)
+        hot = cost(compiled.train.lower(state, images, labels).compile())
+        mask = cost(compiled.mask_update.lower(state, images, labels).compile())
+        out[method] = (hot, mask, count_arrays(state, images, labels))
+    return out
+
+
+def algorithm_table(costs: dict, base_bytes: float) -> list[str]:
+    """Markdown lines: per algorithm, the hot and mask-update steps' bytes against the plain step."""
+    lines = ["| MOON + method 90% | straight-through | hot step bytes (MB) | hot step bytes vs plain | "
+             "mask update bytes vs plain | arrays in |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for method, ((hot, _), (mask, _), arrays) in costs.items():
+        algorithm = sparse.get_algorithm(method)
+        ste = "yes" if algorithm.straight_through else "no"
+        mask_ratio = f"{mask / base_bytes:.4f}" if algorithm.changes_masks else "- (never runs)"
+        lines.append(f"| {method} | {ste} | {hot / 1e6:,.1f} | {hot / base_bytes:.4f} | {mask_ratio} | {arrays} |")
+    return lines
 
 
 # ----------------------------------------------------------------------------- compile time
@@ -212,6 +249,8 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18", choices=MODELS, help="small_cnn: a tiny stand-in for smoke runs")
     parser.add_argument("--compile-rounds", type=int, default=3,
                         help="rounds of the compile-time measurement (plain loop and run in fresh processes); 0 skips it")
+    parser.add_argument("--algorithms", default="all",
+                        help="comma-separated sparse methods for the per-algorithm table; 'all' (default) or 'none'")
     parser.add_argument("--compile-worker", choices=("plain", "library"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.compile_worker:
@@ -233,6 +272,11 @@ def main() -> None:
         print(f"| {name} | {b / 1e6:,.1f} | {f / 1e9:,.2f} | {n_in} / {n_out} | {b / base_bytes:.4f} | {f / base_flops:.4f} |")
     hot_bytes, _ = cost(rows["MOON + RigL 90%: hot step"][0])
     print(f"bytes ratio {hot_bytes / base_bytes:.4f}")
+    methods = sparse.METHODS if args.algorithms == "all" else [m for m in args.algorithms.split(",") if m != "none"]
+    if methods:
+        print("\nPer algorithm (MOON + each method at 90%, the plain step = 1):\n")
+        print("\n".join(algorithm_table(algorithm_costs(methods, args.width, args.batch, args.dtype, args.model),
+                                         base_bytes)))
     if args.compile_rounds:
         rounds = []
         for i in range(args.compile_rounds):

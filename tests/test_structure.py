@@ -186,7 +186,8 @@ def test_nm_plan_density_sparsity_and_dense_rules():
     last = make_updater(tree(), "rigl", 0.9, "uniform", rule=SparsityRule(dense_last_layer=True), structure="nm_2,4")
     assert dict(zip(last.names, last.nonzeros))["head/kernel"] is None  # the flags still apply
     assert all(c is None for c in make_updater(tree(), "static", 0.0, structure="nm_2,4").nonzeros)
-    assert all(c is None for c in make_updater(tree(), "dense", structure="nm_2,4").nonzeros)
+    with pytest.raises(ValueError, match="'dense' does not support the nm_2,4 structure"):
+        make_updater(tree(), "dense", structure="nm_2,4")  # no masks to structure
 
 
 # ----------------------------------------------------------------------------- masks

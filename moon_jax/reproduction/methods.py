@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from moon_jax.sparse.algorithms import PRUNING_METHODS
+
 
 class Method(NamedTuple):
     """A method of the comparison: its label and the ``--config.*`` overrides that make it.
@@ -73,6 +75,9 @@ METHODS: dict[str, Method] = {
     "averaged_rigl": Method("{sparse} + weight averaging", "rigl", _MOON + (
         "--config.moon.head=none", "--config.moon.loss_weighting=none")),
 }
+#: Pruning from dense and its variants (``moon_jax.sparse.ALGORITHMS``), each with and without MOON.
+METHODS.update({name: Method("{sparse}", name, _NO_MOON) for name in PRUNING_METHODS})
+METHODS.update({f"moon_{name}": Method("MOON + {sparse}", name, _MOON) for name in PRUNING_METHODS})
 PAPER_METHODS = ("dense", "rigl", "moon_rigl", "set", "moon_set")
 ABLATION_METHODS = ("moon_rigl_no_loss", "moon_rigl_fixed_alpha", "moon_rigl_no_voting")
 BASELINE_METHODS = ("mixup_rigl", "cigl_rigl")
@@ -88,10 +93,14 @@ METHOD_GROUPS = {
     "baselines": BASELINE_METHODS,
     "factorial": FACTORIAL_METHODS,
     "released": RELEASED_METHODS,
+    "pruning": PRUNING_METHODS + tuple(f"moon_{name}" for name in PRUNING_METHODS),
     "all": tuple(PAPER_METHODS) + tuple(ABLATION_METHODS) + tuple(BASELINE_METHODS) + tuple(
         m for m in METHODS if m not in PAPER_METHODS + ABLATION_METHODS + BASELINE_METHODS),
 }
-SPARSE_NAMES = {"static": "static", "set": "SET", "rigl": "RigL"}
+SPARSE_NAMES = {"static": "static", "set": "SET", "rigl": "RigL", "gmp": "GMP", "saliency": "saliency pruning",
+                "random_pruning": "random pruning", "global_magnitude": "global magnitude pruning",
+                "global_saliency": "global saliency pruning", "ste_magnitude": "STE magnitude pruning",
+                "ste_random": "STE random pruning"}
 #: (method, baseline, what the paper says) for the paired comparisons besides the main claims.
 COMPARISONS = (
     ("moon_rigl", "moon_rigl_no_loss", "the loss modification helps (Fig. 5)"),

@@ -1,5 +1,15 @@
-"""The sparse-training engine: masks (unstructured, N:M, block, channel), layer-wise sparsity,
-RigL / SET / static updates, masked Optax updates and FLOPs accounting."""
+"""The sparse-training engine: the algorithm registry (dense, static, SET, RigL, gradual /
+global / straight-through pruning), masks (unstructured, N:M, block, channel), layer-wise
+sparsity, masked Optax updates and FLOPs accounting."""
+from moon_jax.sparse.algorithms import (
+    ALGORITHMS,
+    PRUNING_METHODS,
+    SCORES,
+    STRUCTURES,
+    Algorithm,
+    algorithms_table,
+    get_algorithm,
+)
 from moon_jax.sparse.distribution import (
     DISTRIBUTIONS,
     SparsityPlan,
@@ -15,9 +25,21 @@ from moon_jax.sparse.optim import (
     reset_optimizer_state,
     scale_by_schedule_at_step,
     sgd_nesterov,
+    StraightThroughState,
+    straight_through_params,
+    straight_through_updates,
+    straight_through_weights,
 )
-from moon_jax.sparse.wrapped_optimizer import SparseOptimizer, SparseOptimizerState, sparse_optimizer
-from moon_jax.sparse.schedule import UpdateSchedule, drop_fraction_at, is_update_step, update_steps
+from moon_jax.sparse.wrapped_optimizer import SparseOptimizer, SparseOptimizerState, sparse_optimizer, update_masks
+from moon_jax.sparse.schedule import (
+    PruningSchedule,
+    UpdateSchedule,
+    drop_fraction_at,
+    is_pruning_step,
+    is_update_step,
+    pruning_sparsity_at,
+    update_steps,
+)
 from moon_jax.sparse.structure import (
     UNSTRUCTURED,
     Structure,
@@ -34,9 +56,13 @@ from moon_jax.sparse.updaters import (
     SparseUpdater,
     apply_masks,
     drop_and_grow,
+    initial_mask,
     make_updater,
     map_masked,
     masked_density,
     masks_equal,
+    pruning_event_counts,
+    random_mask,
+    select_global,
     top_k_mask,
 )

@@ -8,13 +8,16 @@ Training cost per iteration (RigL App. H): the backward pass costs twice the for
 (gradients with respect to activations and to weights), so a sparse iteration costs
 ``3 * f_S``; a RigL mask-update iteration needs the *dense* gradient with respect to the weights,
 so it costs ``2 * f_S + f_D``; dense training costs ``3 * f_D``. SET's random growth and the
-static method cost ``3 * f_S`` throughout.
+static method cost ``3 * f_S`` throughout. Pruning from dense costs ``3 * f_S(t)`` with the
+density in force at iteration ``t`` (dense before the first pruning; magnitude and random
+pruning need no dense gradient, saliency only the active weights'); the straight-through methods
+train every dense weight, so their weight gradient is dense: ``2 * f_S(t) + f_D``.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -117,10 +120,33 @@ def flops_report(
     method: str,
     total_steps: int,
     schedule: Optional[UpdateSchedule] = None,
+    phases: Sequence[tuple[int, Mapping[str, float]]] = (),
+    straight_through: bool = False,
 ) -> FlopsReport:
-    """Dense and sparse forward FLOPs per example and the run's training FLOPs vs dense."""
+    """Dense and sparse forward FLOPs per example and the run's training FLOPs vs dense; with
+    ``phases`` (pruning from dense) the sparse forward is the final phase's and training FLOPs
+    follow the phases (:func:`phased_training_flops_relative`)."""
     layers = layer_flops(apply_fn, variables, input_shape, densities)
     dense = float(sum(l.dense_flops for l in layers))
+    if phases:  # pruning from dense: the density changes along the run
+        relative = phased_training_flops_relative(layers, phases, straight_through)
+        sparse = float(sum(l.dense_flops * phases[-1][1].get(l.name, 1.0) for l in layers))
+        return FlopsReport(dense, sparse, relative, method)
     sparse = float(sum(l.sparse_flops for l in layers))
     relative = training_flops_relative(method, sparse, dense, total_steps, schedule)
     return FlopsReport(dense, sparse, relative, method)
+
+
+def phased_training_flops_relative(
+    layers: Sequence[LayerFlops], phases: Sequence[tuple[int, Mapping[str, float]]], straight_through: bool = False
+) -> float:
+    """Training FLOPs relative to dense over ``phases`` of ``(iterations, {layer: density})``
+    (:meth:`moon_jax.sparse.SparseUpdater.density_phases`): ``3 * f_S`` per iteration at the
+    phase's densities, ``2 * f_S + f_D`` when ``straight_through``."""
+    dense = float(sum(l.dense_flops for l in layers))
+    total = steps = 0.0
+    for n, densities in phases:
+        sparse = float(sum(l.dense_flops * densities.get(l.name, 1.0) for l in layers))
+        total += n * ((2.0 * sparse + dense) if straight_through else 3.0 * sparse)
+        steps += n
+    return total / (3.0 * dense * steps) if steps else 1.0

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from moon_jax.sparse.updaters import map_masked
+from moon_jax.sparse.updaters import apply_masks, map_masked
 
 PyTree = Any
 
@@ -29,6 +29,12 @@ class MaskedUpdatesState(NamedTuple):
     """State of :func:`masked_updates`: the inner optimizer's state."""
 
     inner_state: Any
+
+
+def _to_zero_where_inactive(updates: PyTree, params: PyTree, masks: PyTree) -> PyTree:
+    """``updates`` where active, ``-params`` where inactive: ``params + updates`` is then exactly
+    zero at every inactive position."""
+    return map_masked(lambda m, u, p: jnp.where(m, u, -p).astype(u.dtype), masks, updates, params)
 
 
 def masked_updates(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -50,12 +56,69 @@ def masked_updates(inner: optax.GradientTransformation) -> optax.GradientTransfo
             raise ValueError("moon_jax.sparse.masked_updates needs `masks=` in update()")
         grads = map_masked(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), masks, updates)
         new_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
-        new_updates = map_masked(
-            lambda m, u, p: jnp.where(m, u, -p).astype(u.dtype), masks, new_updates, params
-        )
+        new_updates = _to_zero_where_inactive(new_updates, params, masks)
         return new_updates, MaskedUpdatesState(inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class StraightThroughState(NamedTuple):
+    """State of :func:`straight_through_updates`.
+
+    Attributes:
+      inner_state: the inner optimizer's state (of the dense weights).
+      dense: the dense weights the optimizer trains; the model's parameters are these, masked.
+    """
+
+    inner_state: Any
+    dense: PyTree
+
+
+def straight_through_updates(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """Wraps ``inner`` for straight-through training (Bengio et al. 2013; jaxpruner's ``ste_*``).
+
+    The state keeps the dense weights; ``inner`` updates them with the gradient at *every*
+    position: the gradient of the loss with respect to the masked weight is used as the gradient
+    of its dense weight, so pruned weights keep training and can return at the next pruning
+    iteration. The returned updates take the (masked) ``params`` to the new dense weights masked
+    (up to rounding: :func:`straight_through_params` gives them exactly):
+    ``u`` where active (``params`` equal the dense weights there, so ``params + u`` is exactly
+    the dense update), ``-params`` where inactive (exactly zero). Same signature as
+    :func:`masked_updates`: ``update(updates, state, params, *, masks, **extra)``.
+    """
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        return StraightThroughState(inner_state=inner.init(params), dense=params)
+
+    def update_fn(updates, state, params=None, *, masks=None, **extra_args):
+        if params is None or masks is None:
+            raise ValueError("moon_jax.sparse.straight_through_updates needs `params` and `masks=` in update()")
+        new_updates, inner_state = inner.update(updates, state.inner_state, state.dense, **extra_args)
+        dense = optax.apply_updates(state.dense, new_updates)
+        new_updates = _to_zero_where_inactive(new_updates, params, masks)
+        return new_updates, StraightThroughState(inner_state=inner_state, dense=dense)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def straight_through_weights(opt_state: PyTree) -> PyTree:
+    """The dense weights inside an optimizer state built with :func:`straight_through_updates`
+    (ValueError when there are none)."""
+    nodes = [n for n in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, StraightThroughState))
+             if isinstance(n, StraightThroughState)]
+    if len(nodes) != 1:
+        raise ValueError(f"expected one straight_through_updates state in the optimizer state, found {len(nodes)}")
+    return nodes[0].dense
+
+
+def straight_through_params(opt_state: PyTree, masks: PyTree) -> PyTree:
+    """The parameters of a straight-through model: its dense weights (in ``opt_state``) masked.
+
+    Exactly what ``params + updates`` of :func:`straight_through_updates` means; use it instead
+    of applying the updates, which XLA may round differently from the dense weights' own update
+    (a fused multiply-add in one place and not the other: an ulp apart, drifting)."""
+    return apply_masks(straight_through_weights(opt_state), masks)
 
 
 def _param_shaped(node: Any, treedef, shapes) -> bool:

@@ -118,3 +118,80 @@ def update_steps(schedule: UpdateSchedule, total_steps: int) -> list[int]:
     """All update iterations of a run of ``total_steps`` iterations (host-side helper)."""
     last = min(schedule.end_step, total_steps)
     return [t for t in range(schedule.update_every - 1, last, schedule.update_every)]
+
+
+# ----------------------------------------------------------------------------- pruning from dense
+@dataclasses.dataclass(frozen=True)
+class PruningSchedule:
+    """Gradual pruning from dense (Zhu & Gupta 2017, "To prune, or not to prune", section 3).
+
+    Pruning iterations are ``start_step, start_step + update_every, ...`` up to ``end_step``, and
+    ``end_step`` itself (the last, at the final sparsity, even when ``end_step - start_step`` is not
+    a multiple of ``update_every``). ``start_step == end_step`` is one-shot pruning at that
+    iteration. The sparsity at iteration ``t`` is :func:`pruning_sparsity_at`.
+
+    Attributes:
+      start_step: t0, the first pruning iteration (0-based).
+      end_step: t0 + n * delta_t, the last pruning iteration; the final sparsity from here on.
+      update_every: delta_t, iterations between pruning iterations.
+      initial_sparsity: s_i, the sparsity scheduled at ``start_step`` (0: nothing pruned there).
+    """
+
+    start_step: int = 0
+    end_step: int = 0
+    update_every: int = 100
+    initial_sparsity: float = 0.0
+
+    def __post_init__(self):
+        if self.update_every <= 0:
+            raise ValueError(f"update_every must be positive, got {self.update_every}")
+        if not 0 <= self.start_step <= self.end_step:
+            raise ValueError(f"need 0 <= start_step <= end_step, got {self.start_step} and {self.end_step}")
+        if not 0.0 <= self.initial_sparsity < 1.0:
+            raise ValueError(f"initial_sparsity must be in [0, 1), got {self.initial_sparsity}")
+
+    @classmethod
+    def for_run(cls, total_steps: int, update_every: int = 100, start_fraction: float = 0.1,
+                end_fraction: float = 0.75) -> "PruningSchedule":
+        """Pruning from ``start_fraction`` to ``end_fraction`` of ``total_steps`` (rounded)."""
+        return cls(start_step=int(round(start_fraction * total_steps)),
+                   end_step=int(round(end_fraction * total_steps)), update_every=update_every)
+
+    @property
+    def num_events(self) -> int:
+        """How many pruning iterations there are (the end step included)."""
+        return (self.end_step - self.start_step + self.update_every - 1) // self.update_every + 1
+
+    def event_steps(self) -> list[int]:
+        """Every pruning iteration, in order (host-side)."""
+        return [min(self.start_step + j * self.update_every, self.end_step) for j in range(self.num_events)]
+
+
+def pruning_sparsity_at(schedule: PruningSchedule, final_sparsity: float, step) -> float:
+    """Zhu & Gupta 2017, eq. 1: ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3``.
+
+    ``s_i`` before ``t0``, ``s_f`` from ``t0 + n dt = end_step`` on (one-shot: ``s_f`` from
+    ``t0``). Host-side Python floats: the per-layer counts of every pruning iteration are
+    planned before training (:func:`pruning_event_index` finds them inside ``jit``).
+    """
+    s_i, s_f = schedule.initial_sparsity, final_sparsity
+    if step >= schedule.end_step:
+        return s_f
+    if step < schedule.start_step:
+        return s_i
+    progress = (step - schedule.start_step) / (schedule.end_step - schedule.start_step)
+    return s_f + (s_i - s_f) * (1.0 - progress) ** 3
+
+
+def is_pruning_step(schedule: PruningSchedule, step):
+    """Whether iteration ``step`` prunes: a Python bool for a Python int, traced inside ``jit``."""
+    offset = step - schedule.start_step
+    return (offset >= 0) & (step <= schedule.end_step) & ((offset % schedule.update_every == 0) | (step == schedule.end_step))
+
+
+def pruning_event_index(schedule: PruningSchedule, step) -> jnp.ndarray:
+    """Index into :meth:`PruningSchedule.event_steps` of the pruning iteration ``step`` (int32,
+    jit-compatible; the last event from ``end_step`` on)."""
+    step = jnp.asarray(step, jnp.int32)
+    index = jnp.clip((step - schedule.start_step) // schedule.update_every, 0, schedule.num_events - 1)
+    return jnp.where(step >= schedule.end_step, schedule.num_events - 1, index).astype(jnp.int32)

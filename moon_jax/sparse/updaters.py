@@ -1,4 +1,5 @@
-"""Masks and the mask-update rules: dense, static, SET and RigL behind one interface.
+"""Masks and the mask-update rules of every algorithm of :mod:`moon_jax.sparse.algorithms`
+behind one interface.
 
 Masks are a pytree with the structure of the parameters: a boolean array at every sparse leaf and
 ``None`` at every dense leaf (biases, normalisation parameters, layers the distribution kept
@@ -14,7 +15,13 @@ Update rules are pure functions ``(state, params, grads, rng) -> (state, params)
   inactive after the drop (just-dropped ones included);
 * **SET** (Mocanu et al. 2018): drop by magnitude, grow ``k`` positions uniformly at random among
   the inactive ones (exactly ``k``; the reference draws a Bernoulli per position);
-* **static**: masks never change; **dense**: no masks at all.
+* **static**: masks never change; **dense**: no masks at all;
+* **pruning from dense** (``gmp``, ``saliency``, ``random_pruning``, ``global_*``, ``ste_*``):
+  masks start all True; at every pruning iteration of a :class:`PruningSchedule` each layer keeps
+  exactly its scheduled count of the best-scoring connections (global ones: exactly the
+  scheduled total over all sparse layers), chosen among its active ones (so pruning only
+  removes), or among all positions for ``ste_magnitude`` (straight-through: the dense weights
+  keep training, so a pruned weight can come back).
 
 ``k = floor(f(t) * nnz_l)`` with ``f`` the cosine-decayed drop fraction
 (:mod:`moon_jax.sparse.schedule`); RigL's official code floors, the MOON reference takes the
@@ -31,20 +38,23 @@ optimizer state is reset by :func:`moon_jax.sparse.optim.reset_optimizer_state`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
+from moon_jax.sparse.algorithms import METHODS, SCORES, Algorithm, get_algorithm
 from moon_jax.sparse.distribution import SparsityPlan, plan_sparsity
 from moon_jax.sparse.leaves import SparsityRule, leaf_names, sparsifiable_shapes
-from moon_jax.sparse.schedule import UpdateSchedule, drop_count, drop_fraction_at, is_update_step
+from moon_jax.sparse.schedule import (PruningSchedule, UpdateSchedule, drop_count, drop_fraction_at, is_pruning_step,
+                                      is_update_step, pruning_event_index, pruning_sparsity_at)
 from moon_jax.sparse.selection import drop_and_grow, random_mask, top_k_mask  # noqa: F401 (re-exported)
-from moon_jax.sparse.structure import Structure, UNSTRUCTURED, parse_structure, structure_plan
-from moon_jax.sparse.structure import structured_drop_and_grow, structured_random_mask
+from moon_jax.sparse.structure import (UNSTRUCTURED, Structure, parse_structure, structure_plan,
+                                       structured_drop_and_grow, structured_random_mask)
 
 PyTree = Any
-METHODS = ("dense", "static", "set", "rigl")
 
 
 class SparseState(NamedTuple):
@@ -95,21 +105,48 @@ def masked_density(params: PyTree, masks: PyTree) -> jax.Array:
     return jnp.asarray(nonzero, jnp.float32) / max(total, 1)
 
 
+_NEG_INF = -float("inf")  # below every score: never selected while k allows
+
+
+def initial_mask(algorithm: Algorithm, key: jax.Array, shape: tuple[int, ...], nonzeros: int,
+                 structure: Structure = UNSTRUCTURED) -> jax.Array:
+    """The mask a layer starts from: random with exactly ``nonzeros`` active positions in the
+    pattern of ``structure`` for the algorithms that are sparse from the start, all True for
+    pruning from dense."""
+    if not algorithm.sparse_at_init:
+        return jnp.ones(shape, bool)
+    return structured_random_mask(key, shape, nonzeros, structure)
+
+
+def select_global(scores: list[jax.Array], k) -> list[jax.Array]:
+    """Masks of the ``k`` best scores over several layers together (one global threshold; an
+    exact total, per-layer counts as the scores fall): :func:`top_k_mask` over the concatenation."""
+    flat = jnp.concatenate([s.reshape(-1).astype(jnp.float32) for s in scores])
+    chosen = top_k_mask(flat, k)
+    bounds = list(itertools.accumulate(s.size for s in scores))[:-1]
+    return [m.reshape(s.shape) for m, s in zip(jnp.split(chosen, bounds), scores)]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class SparseUpdater:
-    """One interface for dense, static, SET and RigL training (cf. jaxpruner's updaters).
+    """One interface for every algorithm of :data:`moon_jax.sparse.ALGORITHMS` (cf. jaxpruner's
+    updaters).
 
     Build it with :func:`make_updater`. Its methods are pure and jit-compatible; the updater
-    itself holds only static configuration (method, schedule, exact per-layer counts).
+    itself holds only static configuration (method, schedules, exact per-layer counts).
 
     Attributes:
-      method: one of ``dense``, ``static``, ``set``, ``rigl``.
-      schedule: when and how much the masks change.
-      plan: exact per-layer counts (empty for ``dense``).
+      method: a :data:`moon_jax.sparse.METHODS` name.
+      schedule: when and how much drop-and-grow methods change masks.
+      plan: exact per-layer counts at the final sparsity (empty for ``dense``); for the global
+        methods only its total is binding (per-layer counts follow the scores).
       rule: which leaves are sparsifiable.
-      nonzeros: per parameter leaf in flatten order, the static count of a masked leaf, or
-        ``None`` for a dense leaf.
+      nonzeros: per parameter leaf in flatten order, the static count of a masked leaf at the
+        final sparsity, or ``None`` for a dense leaf.
       names: parameter leaf names in flatten order.
+      pruning: when pruning-from-dense methods prune (``None`` for the others).
+      event_counts: for per-layer pruning, the exact count of every masked leaf (flatten order)
+        at every pruning iteration of ``pruning``; for global pruning, the exact total.
       structure: the mask pattern every masked leaf keeps through init, drop and grow
         (:mod:`moon_jax.sparse.structure`; unstructured by default).
     """
@@ -120,16 +157,24 @@ class SparseUpdater:
     rule: SparsityRule
     nonzeros: tuple[Optional[int], ...]
     names: tuple[str, ...]
+    pruning: Optional[PruningSchedule] = None
+    event_counts: tuple[tuple[int, ...], ...] = ()
     structure: Structure = UNSTRUCTURED
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The registry entry of :attr:`method`."""
+        return get_algorithm(self.method)
 
     # ----------------------------------------------------------------- construction
     def init(self, params: PyTree, rng: jax.Array) -> tuple[SparseState, PyTree]:
-        """Random masks with the plan's exact counts; returns the state and masked params."""
+        """Initial masks (random with the plan's exact counts, or all True for pruning from
+        dense); returns the state and masked params."""
         leaves, treedef = jax.tree.flatten(params)
         mask_rng, state_rng = jax.random.split(rng)
         keys = jax.random.split(mask_rng, max(len(leaves), 1))
         masks = [
-            None if count is None else structured_random_mask(keys[i], leaf.shape, count, self.structure)
+            None if count is None else initial_mask(self.algorithm, keys[i], leaf.shape, count, self.structure)
             for i, (leaf, count) in enumerate(zip(leaves, self.nonzeros))
         ]
         masks = jax.tree.unflatten(treedef, masks)
@@ -139,48 +184,86 @@ class SparseUpdater:
     # ----------------------------------------------------------------- updates
     @property
     def changes_masks(self) -> bool:
-        """Whether this method ever updates masks (SET and RigL)."""
-        return self.method in ("set", "rigl") and self.schedule.end_step > 0
+        """Whether this method ever updates masks (drop-and-grow with updates scheduled, or
+        pruning)."""
+        if self.algorithm.is_pruning:
+            return self.pruning is not None
+        return self.algorithm.changes_masks and self.schedule.end_step > 0
+
+    @property
+    def straight_through(self) -> bool:
+        """Whether the optimizer trains dense weights (kept in
+        :func:`moon_jax.sparse.straight_through_updates`' state) behind masked ones."""
+        return self.algorithm.straight_through
 
     def is_update_step(self, step):
         """Whether iteration ``step`` performs a mask update for this method (a Python bool for
         a Python int, a traced bool inside ``jit``)."""
         if not self.changes_masks:
             return False
+        if self.algorithm.is_pruning:
+            return is_pruning_step(self.pruning, step)
         return is_update_step(self.schedule, step)
 
     def update(
         self, state: SparseState, params: PyTree, grads: PyTree, rng: Optional[jax.Array] = None
     ) -> tuple[SparseState, PyTree]:
-        """Drop-and-grow at the current step; ``grads`` must be the dense gradient.
+        """The mask update at the current step; ``grads`` must be the dense gradient.
 
-        ``rng`` defaults to ``fold_in(state.rng, state.step)``. The step counter is not advanced
-        here (see :meth:`advance`). For ``dense``/``static`` this returns its inputs.
+        ``params`` are the weights scores read: the stored (masked) ones, or for the
+        straight-through methods the dense ones. Returns the new state and ``params`` masked by
+        the new masks. ``rng`` defaults to ``fold_in(state.rng, state.step)``. The step counter
+        is not advanced here (see :meth:`advance`). For ``dense``/``static`` this returns its
+        inputs.
         """
         if not self.changes_masks:
             return state, params
         if rng is None:
             rng = jax.random.fold_in(state.rng, state.step)
-        fraction = drop_fraction_at(self.schedule, state.step)
         mask_leaves, treedef = jax.tree.flatten(state.masks, is_leaf=_is_none)
         param_leaves = treedef.flatten_up_to(params)
         grad_leaves = treedef.flatten_up_to(grads)
         keys = jax.random.split(rng, max(len(mask_leaves), 1))
+        if self.algorithm.is_pruning:
+            new_masks = self._prune(state.step, mask_leaves, param_leaves, grad_leaves, keys)
+        else:
+            new_masks = self._drop_and_grow(state.step, mask_leaves, param_leaves, grad_leaves, keys)
+        new_masks = jax.tree.unflatten(treedef, new_masks)
+        return state._replace(masks=new_masks), apply_masks(params, new_masks)
+
+    def _drop_and_grow(self, step, masks, params, grads, keys) -> list:
+        """RigL / SET: every masked layer replaces ``floor(f(t) * nnz_l)`` connections (or the
+        ceiling, :func:`~moon_jax.sparse.schedule.drop_count`), keeping its structure."""
+        fraction = drop_fraction_at(self.schedule, step)
+        drop, grow = SCORES[self.algorithm.drop_score], SCORES[self.algorithm.grow_score]
         new_masks = []
-        for i, (mask, param, grad, count) in enumerate(
-            zip(mask_leaves, param_leaves, grad_leaves, self.nonzeros)
-        ):
+        for i, (mask, param, grad, count) in enumerate(zip(masks, params, grads, self.nonzeros)):
             if mask is None:
                 new_masks.append(None)
                 continue
             k = drop_count(self.schedule, fraction, count)
-            if self.method == "rigl":
-                grow_score = jnp.abs(grad)
-            else:
-                grow_score = jax.random.uniform(keys[i], mask.shape)
-            new_masks.append(structured_drop_and_grow(mask, jnp.abs(param), grow_score, k, count, self.structure))
-        new_masks = jax.tree.unflatten(treedef, new_masks)
-        return state._replace(masks=new_masks), apply_masks(params, new_masks)
+            new_masks.append(structured_drop_and_grow(mask, drop(param, grad, keys[i]), grow(param, grad, keys[i]), k,
+                                                      count, self.structure))
+        return new_masks
+
+    def _prune(self, step, masks, params, grads, keys) -> list:
+        """Pruning: keep the scheduled count of the best-scoring candidates (the active
+        connections, or every position for ``ste_magnitude``), per layer or globally."""
+        table = jnp.asarray(self.event_counts, jnp.int32)[pruning_event_index(self.pruning, step)]
+        score = SCORES[self.algorithm.drop_score]
+        masked = [i for i, m in enumerate(masks) if m is not None]
+        scores = []
+        for i in masked:
+            s = score(params[i], grads[i], keys[i]).astype(jnp.float32)
+            scores.append(s if self.algorithm.prunes_from_all else jnp.where(masks[i], s, _NEG_INF))
+        if self.algorithm.scope == "global":
+            kept = select_global(scores, table[0])
+        else:
+            kept = [top_k_mask(s, table[j]) for j, s in enumerate(scores)]
+        new_masks = list(masks)
+        for i, m in zip(masked, kept):
+            new_masks[i] = m
+        return new_masks
 
     def maybe_update(
         self, state: SparseState, params: PyTree, grads: PyTree, rng: Optional[jax.Array] = None
@@ -203,6 +286,27 @@ class SparseUpdater:
         return state._replace(step=state.step + 1)
 
     # ----------------------------------------------------------------- reporting
+    def density_phases(self, total_steps: int) -> list[tuple[int, dict[str, float]]]:
+        """Host-side, for FLOPs accounting: ``(iterations, {layer: density})`` for each stretch
+        of a ``total_steps`` run over which the pruning methods' masks are fixed (dense until the
+        first pruning, then each pruning iteration's counts); ``[]`` for the other methods. For
+        the global methods, whose per-layer counts depend on the scores, every masked layer is
+        given the global density (the total is exact, its split an estimate)."""
+        if not self.algorithm.is_pruning:
+            return []
+        masked = [(n, self.plan.sizes[n]) for n, c in zip(self.names, self.nonzeros) if c is not None]
+        bounds = [t for t in self.pruning.event_steps() if t < total_steps]
+        phases = [(bounds[0] if bounds else total_steps, {n: 1.0 for n, _ in masked})]
+        for j, start in enumerate(bounds):
+            end = bounds[j + 1] if j + 1 < len(bounds) else total_steps
+            row = self.event_counts[j]
+            if self.algorithm.scope == "global":
+                density = row[0] / sum(size for _, size in masked)
+                phases.append((end - start, {n: density for n, _ in masked}))
+            else:
+                phases.append((end - start, {n: c / size for (n, size), c in zip(masked, row)}))
+        return phases
+
     def layer_density_report(self, masks: PyTree) -> dict[str, float]:
         """Mask density of every sparsifiable layer (1.0 for those kept dense), host-side."""
         leaves = jax.tree.leaves(masks, is_leaf=_is_none)
@@ -221,6 +325,36 @@ def _leaf_counts(params: PyTree, plan: SparsityPlan) -> tuple[tuple[Optional[int
     return counts, names
 
 
+def pruning_event_counts(
+    shapes: dict[str, tuple[int, ...]],
+    masked: list[str],
+    final_sparsity: float,
+    distribution: str,
+    pruning: PruningSchedule,
+    erk_power_scale: float = 1.0,
+    scope: str = "layer",
+) -> tuple[tuple[int, ...], ...]:
+    """Exact counts at every pruning iteration (host-side, before training).
+
+    Per layer: the ``distribution``'s exact plan (:func:`plan_sparsity`) at Zhu & Gupta's
+    sparsity of that iteration, for the ``masked`` layers; at the last iteration exactly the final
+    plan's counts. Largest-remainder rounding can make a layer's count rise by one from one
+    iteration to the next, which pruning cannot do; such a count is raised to the next
+    iteration's (so counts never rise and the final ones are exact; an intermediate total can
+    then exceed the plan's by a few weights). Global: ``round((1 - s_t) * N)`` over the masked
+    layers, one number per iteration.
+    """
+    sizes = {n: math.prod(shapes[n]) for n in masked}
+    sparsities = [pruning_sparsity_at(pruning, final_sparsity, t) for t in pruning.event_steps()]
+    if scope == "global":
+        total = sum(sizes.values())
+        return tuple((int(round((1.0 - s) * total)),) for s in sparsities)
+    rows = [[plan_sparsity(shapes, s, distribution, erk_power_scale).counts[n] for n in masked] for s in sparsities]
+    for j in range(len(rows) - 2, -1, -1):
+        rows[j] = [max(a, b) for a, b in zip(rows[j], rows[j + 1])]
+    return tuple(tuple(r) for r in rows)
+
+
 def make_updater(
     params: PyTree,
     method: str = "rigl",
@@ -229,25 +363,43 @@ def make_updater(
     schedule: Optional[UpdateSchedule] = None,
     rule: SparsityRule = SparsityRule(),
     erk_power_scale: float = 1.0,
+    pruning: Optional[PruningSchedule] = None,
     structure: Union[str, Structure] = "unstructured",
 ) -> SparseUpdater:
     """Builds the updater for a parameter tree (only shapes are read).
 
-    ``dense`` ignores ``sparsity``; every other method needs ``0 <= sparsity < 1``. ``structure``
-    (a :class:`~moon_jax.sparse.structure.Structure` or its spelling, e.g. ``"nm_2,4"``) sets the
-    masks' pattern; it adjusts the plan's per-layer counts (:func:`structure_plan`).
+    ``dense`` ignores ``sparsity``; every other method needs ``0 <= sparsity < 1``. Pruning
+    methods prune on ``pruning`` (default: one-shot at iteration 0); the global ones mask every
+    sparsifiable layer (``distribution`` does not apply; the plan is uniform, its total exact).
+    ``structure`` (a :class:`~moon_jax.sparse.structure.Structure` or its spelling, e.g.
+    ``"nm_2,4"``) sets the masks' pattern for the algorithms that support it; it adjusts the
+    plan's per-layer counts (:func:`structure_plan`).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown sparse method {method!r}; allowed: {', '.join(METHODS)}")
+    algorithm = get_algorithm(method)
+    structure = parse_structure(structure)
+    if structure.kind not in algorithm.supports_structures:
+        raise ValueError(f"sparse method {method!r} does not support the {structure} structure; it supports: "
+                         f"{', '.join(algorithm.supports_structures)}")
     schedule = schedule or UpdateSchedule()
     shapes = sparsifiable_shapes(params, rule)
-    plan = plan_sparsity(shapes, 0.0 if method == "dense" else sparsity, distribution, erk_power_scale)
-    structure = parse_structure(structure)
+    global_scope = algorithm.scope == "global"
+    plan = plan_sparsity(shapes, 0.0 if method == "dense" else sparsity, "uniform" if global_scope else distribution,
+                         erk_power_scale)
     plan = structure_plan(plan, structure)
     counts, names = _leaf_counts(params, plan)
-    return SparseUpdater(
-        method=method, schedule=schedule, plan=plan, rule=rule, nonzeros=counts, names=names, structure=structure
-    )
+    if global_scope:  # every sparsifiable layer competes, even one the plan would keep dense
+        counts = tuple(plan.counts[n] if n in plan.counts else None for n in names)
+    if not algorithm.is_pruning:
+        return SparseUpdater(method=method, schedule=schedule, plan=plan, rule=rule, nonzeros=counts, names=names,
+                             structure=structure)
+    pruning = pruning or PruningSchedule(update_every=schedule.update_every)
+    if pruning.initial_sparsity > sparsity:
+        raise ValueError(f"initial_sparsity {pruning.initial_sparsity} exceeds the final sparsity {sparsity}")
+    masked = [n for n, c in zip(names, counts) if c is not None]
+    event_counts = pruning_event_counts(shapes, masked, sparsity, distribution, pruning, erk_power_scale,
+                                        algorithm.scope)
+    return SparseUpdater(method=method, schedule=schedule, plan=plan, rule=rule, nonzeros=counts, names=names,
+                         pruning=pruning, event_counts=event_counts)
 
 
 def masks_equal(a: PyTree, b: PyTree) -> bool:

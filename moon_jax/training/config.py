@@ -19,9 +19,9 @@ from moon_jax.moon.averaging import TRIGGERS
 from moon_jax.moon.loss import ALPHA_TUNINGS, WEIGHTINGS
 from moon_jax.moon.recipe import HEADS
 from moon_jax.sparse.distribution import DISTRIBUTIONS
+from moon_jax.sparse.algorithms import ALGORITHMS, METHODS, PRUNING_METHODS
 from moon_jax.sparse.schedule import DROP_COUNT_ROUNDINGS
 from moon_jax.sparse.structure import parse_structure
-from moon_jax.sparse.updaters import METHODS
 
 OPTIMIZERS = ("sgd", "adamw")
 DTYPES = ("float32", "bfloat16")
@@ -124,10 +124,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.exact_reduction = False  # average shards in a fixed order: bit-identical on any device count
 
     c.sparse = ml_collections.ConfigDict()
-    c.sparse.method = "rigl"  # dense | static | set | rigl
+    c.sparse.method = "rigl"  # dense | static | set | rigl | gmp | saliency | random_pruning | global_magnitude
+    # | global_saliency | ste_magnitude | ste_random (moon_jax.sparse.ALGORITHMS)
     c.sparse.sparsity = 0.9
     c.sparse.distribution = "erk"  # uniform | er | erk
-    c.sparse.update_every = 80  # iterations between mask updates (reference: 80)
+    c.sparse.update_every = 80  # iterations between mask updates / pruning iterations (reference: 80)
     c.sparse.drop_fraction = 0.3
     c.sparse.end_fraction = 0.7  # mask updates in the first 70% of iterations (reference)
     # The drop fraction's cosine length in iterations; 0 = the mask-update period (RigL). 70 with
@@ -135,6 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
     # read as iterations: ~1.5e-4 from iteration 70 on, near-static masks).
     c.sparse.drop_fraction_cosine_steps = 0
     c.sparse.drop_count_rounding = "floor"  # floor (RigL) | ceil (MOON reference) of fraction x nnz
+    # pruning methods (Zhu & Gupta 2017): prune from dense between these fractions of the iterations,
+    # the target sparsity exactly at the end; start == end prunes once (one-shot)
+    c.sparse.prune_start_fraction = 0.1
+    c.sparse.prune_end_fraction = 0.7
     c.sparse.dense_first_layer = False
     c.sparse.dense_last_layer = False
     c.sparse.structure = "unstructured"  # unstructured | nm_N,M (or N:M) | block_R,C | channel
@@ -407,6 +412,17 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     if config.sparse.method == "dense" and not structure.is_unstructured:
         raise _fail("sparse.structure", config.sparse.structure,
                     "method dense has no masks to structure; use 'unstructured' or a sparse method")
+    _check_number(config, "sparse.prune_start_fraction", 0.0, 1.0, high_open=True)
+    _check_number(config, "sparse.prune_end_fraction", 0.0, 1.0, high_open=True)
+    if config.sparse.prune_start_fraction > config.sparse.prune_end_fraction:
+        raise _fail("sparse.prune_start_fraction", config.sparse.prune_start_fraction,
+                    f"pruning must start no later than it ends (sparse.prune_end_fraction = "
+                    f"{config.sparse.prune_end_fraction}); equal fractions prune once")
+    algorithm = ALGORITHMS.get(config.sparse.method)
+    if algorithm is not None and structure.kind not in algorithm.supports_structures:
+        raise _fail("sparse.structure", config.sparse.structure,
+                    f"method {config.sparse.method} supports {', '.join(algorithm.supports_structures)} masks; "
+                    "N:M, block and channel masks work with static, set and rigl")
 
     _check_positive_int(config, "moon.warmup_epochs", allow_zero=True)
     _check_number(config, "moon.ewma_mu", 0.0, 1.0, low_open=True)
@@ -433,6 +449,10 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     if config.moon.enabled and config.moon.dropconnect_rate > 0 and config.sparse.method == "dense":
         raise _fail("moon.dropconnect_rate", config.moon.dropconnect_rate,
                     "CigL's random mask acts on masked weights; use a sparse method (static, set, rigl) or 0")
+    if config.moon.enabled and config.moon.dropconnect_rate > 0 and ALGORITHMS[config.sparse.method].straight_through:
+        raise _fail("moon.dropconnect_rate", config.moon.dropconnect_rate,
+                    f"CigL's random mask drops stored weights, which {config.sparse.method} keeps dense behind its "
+                    "masks (straight-through); use a method that is not straight-through, or 0")
     if config.moon.enabled and config.train.epochs <= config.moon.warmup_epochs + 1:
         raise _fail(
             "moon.warmup_epochs", config.moon.warmup_epochs,
@@ -443,13 +463,14 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
             "moon.averaging_epochs", config.moon.averaging_epochs,
             f"must be smaller than train.epochs = {config.train.epochs}",
         )
-    if config.moon.enabled and config.moon.averaging_epochs and config.sparse.method in ("set", "rigl"):
+    if config.moon.enabled and config.moon.averaging_epochs and ALGORITHMS[config.sparse.method].changes_masks:
         # Mask updates must end before the first snapshot (end of epoch E - averaging_epochs) so
         # that every snapshot has the same mask.
         limit = (config.train.epochs - config.moon.averaging_epochs) / config.train.epochs
-        if config.sparse.end_fraction >= limit:
+        field = "sparse.prune_end_fraction" if config.sparse.method in PRUNING_METHODS else "sparse.end_fraction"
+        if _get(config, field) >= limit:
             raise _fail(
-                "sparse.end_fraction", config.sparse.end_fraction,
+                field, _get(config, field),
                 f"mask updates must stop before weight averaging starts (end of epoch "
                 f"{config.train.epochs - config.moon.averaging_epochs} of {config.train.epochs}): "
                 f"use less than {limit:.4f}, or fewer moon.averaging_epochs",

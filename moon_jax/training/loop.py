@@ -330,6 +330,13 @@ def _print_run_summary(config, data: RunData, setup: TrainingSetup, state: Train
             f"{sum(plan.is_dense(n) for n in plan.shapes)} kept dense by the {plan.distribution} distribution"
             + ("" if setup.updater.structure.is_unstructured else f" and the {setup.updater.structure} structure")
         )
+    pruning = setup.updater.pruning
+    if pruning is not None:
+        log(
+            f"pruning from dense ({config.sparse.method}, Zhu & Gupta's cubic schedule): {pruning.num_events} pruning "
+            f"iterations from step {pruning.start_step} every {pruning.update_every} to step {pruning.end_step}, "
+            f"where the target is reached exactly"
+        )
     report = sparse.flops_report(
         lambda v, x: setup.model.apply(v, x, train=False),
         setup.variables(state.params, state.batch_stats),
@@ -338,6 +345,8 @@ def _print_run_summary(config, data: RunData, setup: TrainingSetup, state: Train
         config.sparse.method,
         setup.schedule.total_steps,
         setup.updater.schedule,
+        phases=setup.updater.density_phases(setup.schedule.total_steps),
+        straight_through=setup.updater.straight_through,
     )
     log(report.describe())
 

@@ -93,7 +93,7 @@ class TrainingSetup:
       num_classes: K, the number of known classes.
       tx: the optimizer chain: ``sparse.masked_updates(inner)``, then weight averaging when on.
       learning_rate_fn: learning rate as a function of the global iteration.
-      updater: the sparse engine (dense / static / SET / RigL).
+      updater: the sparse engine (any :data:`moon_jax.sparse.METHODS` algorithm).
       moon_loss: the MOON loss hyper-parameters, or ``None`` for plain cross-entropy.
       mixup_alpha: Mixup's Beta parameter (0: off); each batch shard is mixed within itself.
       placeholders: the placeholders' settings, or ``None`` when off (``config.moon.placeholders``).
@@ -164,13 +164,15 @@ def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: Callable, averaging: bool
 ) -> optax.GradientTransformationExtraArgs:
     """``config.train`` optimizer wrapped so masked weights stay zero (inside CigL's random mask
-    when ``config.moon.dropconnect_rate`` is set), then weight averaging."""
+    when ``config.moon.dropconnect_rate`` is set; training dense weights behind the masks for the
+    straight-through methods), then weight averaging."""
     t = config.train
     if t.optimizer == "sgd":
         inner = sparse.sgd_nesterov(learning_rate_fn, t.momentum, t.weight_decay, t.nesterov)
     else:
         inner = sparse.adamw(learning_rate_fn, weight_decay=t.weight_decay)
-    parts = [sparse.masked_updates(inner)]
+    straight_through = sparse.get_algorithm(config.sparse.method).straight_through
+    parts = [sparse.straight_through_updates(inner) if straight_through else sparse.masked_updates(inner)]
     if config.moon.enabled and config.moon.dropconnect_rate > 0:
         parts = [moon.random_dropconnect(parts[0], float(config.moon.dropconnect_rate), seed=config.seed)]
     if averaging:
@@ -181,15 +183,26 @@ def create_optimizer(
 def create_sparse_updater(
     config: ml_collections.ConfigDict, model: nn.Module, image_shape, total_steps: int
 ) -> sparse.SparseUpdater:
-    """``config.sparse``: method, per-layer counts for the model's shapes, mask-update schedule."""
+    """``config.sparse``: method, per-layer counts for the model's shapes, mask-update schedule
+    (drop-and-grow methods) or pruning schedule (pruning methods: ``prune_start_fraction`` to
+    ``prune_end_fraction`` of ``total_steps``, every ``update_every`` iterations)."""
     s = config.sparse
+    algorithm = sparse.get_algorithm(s.method)
     end_step = int(round(s.end_fraction * total_steps))
-    if s.method in ("set", "rigl") and s.update_every > end_step:
+    if algorithm.schedule == "drop_and_grow" and s.update_every > end_step:
         raise ConfigError(
             f"config.sparse.update_every = {s.update_every} is not valid: mask updates stop at step "
             f"{end_step} (sparse.end_fraction {s.end_fraction} of {total_steps} steps), so "
             f"{s.method} would never update its masks; use at most {max(end_step, 1)} or method 'static'"
         )
+    pruning = None
+    if algorithm.is_pruning:
+        pruning = sparse.PruningSchedule.for_run(total_steps, s.update_every, s.prune_start_fraction,
+                                                 s.prune_end_fraction)
+        if pruning.end_step >= total_steps:
+            raise ConfigError(
+                f"config.sparse.prune_end_fraction = {s.prune_end_fraction} is not valid: the last pruning "
+                f"iteration {pruning.end_step} is not before the end of the run ({total_steps} steps); use less")
     abstract_params = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False)
     )["params"]
@@ -198,7 +211,7 @@ def create_sparse_updater(
         cosine_steps=s.drop_fraction_cosine_steps, drop_count_rounding=s.drop_count_rounding,
     )
     rule = SparsityRule(dense_first_layer=s.dense_first_layer, dense_last_layer=s.dense_last_layer)
-    return sparse.make_updater(abstract_params, s.method, s.sparsity, s.distribution, schedule, rule,
+    return sparse.make_updater(abstract_params, s.method, s.sparsity, s.distribution, schedule, rule, pruning=pruning,
                                structure=s.structure)
 
 

@@ -174,7 +174,10 @@ def train_step(setup: TrainingSetup, state: TrainState, images: jax.Array, label
         setup, state, state.params, images, labels, step_rng
     )
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params, masks=state.masks, step=state.step)
-    params = optax.apply_updates(state.params, updates)
+    if setup.updater.straight_through:  # exactly the masked dense weights (params + updates may round apart)
+        params = sparse.straight_through_params(opt_state, state.masks)
+    else:
+        params = optax.apply_updates(state.params, updates)
     new = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state, moon=moon_state)
     return _finish(setup, state, new, loss, aux)
 
@@ -186,9 +189,10 @@ def snapshot_step(state: TrainState) -> TrainState:
 
 
 def mask_update_step(setup: TrainingSetup, state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
-    """A mask-update iteration: dense gradient, drop-and-grow, no optimizer step.
+    """A mask-update iteration: dense gradient, drop-and-grow or pruning, no optimizer step.
 
-    The optimizer state of grown and dropped connections is reset.
+    The optimizer state of grown and dropped connections is reset (straight-through methods keep
+    theirs: their dense weights train on).
     """
     rng = jax.random.fold_in(state.rng, state.step)
     step_rng, update_rng = jax.random.split(rng)
@@ -196,8 +200,8 @@ def mask_update_step(setup: TrainingSetup, state: TrainState, images: jax.Array,
         setup, state, state.params, images, labels, step_rng
     )
     engine_state = sparse.SparseState(masks=state.masks, step=state.step, rng=update_rng)
-    engine_state, params = setup.updater.update(engine_state, state.params, grads, update_rng)
-    opt_state = sparse.reset_optimizer_state(state.opt_state, params, state.masks, engine_state.masks)
+    engine_state, params, opt_state = sparse.update_masks(
+        setup.updater, engine_state, state.params, state.opt_state, grads, update_rng)
     new = state._replace(
         params=params, batch_stats=batch_stats, opt_state=opt_state, masks=engine_state.masks, moon=moon_state
     )

@@ -45,6 +45,7 @@ from moon_jax.moon.loss import (
     mix_label_losses,
     moon_loss,
 )
-from moon_jax.moon.placeholders import PlaceholderConfig, make_placeholders, placeholder_loss, placeholders_active
+from moon_jax.moon.placeholders import (PlaceholderConfig, counted_mean, make_placeholders, placeholder_loss,
+                                        placeholders_active)
 from moon_jax.moon.recipe import HEADS, cosine_then_constant, num_outputs
 from moon_jax.moon import scores

@@ -79,13 +79,17 @@ def make_placeholders(rng: jax.Array, images: jax.Array, labels: jax.Array, mix_
     return mixtures, labels[:half] != labels[half: 2 * half]
 
 
+def counted_mean(values: jax.Array, counts: jax.Array) -> jax.Array:
+    """Mean of ``values`` over the placeholders that count (0 if none does)."""
+    weights = counts.astype(values.dtype)
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def placeholder_loss(logits: jax.Array, counts: jax.Array, unknown_class: int) -> jax.Array:
     """Mean cross-entropy of the counted placeholders towards output ``unknown_class`` (0 if no
     pair counts)."""
     targets = jnp.full(logits.shape[:1], unknown_class, jnp.int32)
-    per_example = cross_entropy(logits, targets)
-    weights = counts.astype(per_example.dtype)
-    return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return counted_mean(cross_entropy(logits, targets), counts)
 
 
 def placeholders_active(config: PlaceholderConfig, epoch) -> jax.Array:

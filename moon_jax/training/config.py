@@ -19,7 +19,7 @@ from moon_jax.moon.averaging import TRIGGERS
 from moon_jax.moon.loss import ALPHA_TUNINGS, WEIGHTINGS
 from moon_jax.moon.recipe import HEADS
 from moon_jax.sparse.distribution import DISTRIBUTIONS
-from moon_jax.sparse.algorithms import ALGORITHMS, METHODS, PRUNING_METHODS
+from moon_jax.sparse.algorithms import ALGORITHMS, DROP_AND_GROW, METHODS, PRUNING_METHODS
 from moon_jax.sparse.schedule import DROP_COUNT_ROUNDINGS
 from moon_jax.sparse.structure import parse_structure
 
@@ -62,9 +62,10 @@ def describe_method(config) -> str:
             extras.append("placeholders")
         if m.averaging_epochs and m.averaging_trigger == "reference":
             extras.append("reference averaging trigger")
-    if config.sparse.method in ("set", "rigl") and config.sparse.drop_fraction_cosine_steps:
+    drops_and_grows = getattr(ALGORITHMS.get(config.sparse.method), "schedule", None) == DROP_AND_GROW
+    if drops_and_grows and config.sparse.drop_fraction_cosine_steps:
         extras.append(f"drop-fraction cosine over {config.sparse.drop_fraction_cosine_steps} iterations")
-    if config.sparse.method in ("set", "rigl") and config.sparse.drop_count_rounding == "ceil":
+    if drops_and_grows and config.sparse.drop_count_rounding == "ceil":
         extras.append("drop counts rounded up")
     if config.data.mixup_alpha:
         extras.append(f"Mixup {config.data.mixup_alpha:g}")
@@ -360,7 +361,7 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     _check_choice(config, "data.source", DATA_SOURCES)
     _check_choice(config, "data.augment", AUGMENTATIONS)
     for field in ("data.stream_train", "data.random_resized_crop", "moon.enabled", "train.nesterov", "train.exact_reduction",
-                  "train.progress_bar", "sparse.dense_first_layer", "sparse.dense_last_layer"):
+                  "train.progress_bar", "sparse.dense_first_layer", "sparse.dense_last_layer", "moon.placeholders"):
         if not isinstance(_get(config, field), bool):
             raise _fail(field, _get(config, field), "must be True or False")
     if config.data.random_resized_crop and not config.data.stream_train:
@@ -436,8 +437,6 @@ def validate_config(config, num_devices: int = 1, known_datasets: Iterable[str] 
     _check_choice(config, "moon.alpha_tuning", ALPHA_TUNINGS)
     _check_number(config, "moon.fixed_alpha", 0.0, float("inf"))
     _check_number(config, "data.mixup_alpha", 0.0, float("inf"))
-    if not isinstance(config.moon.placeholders, bool):
-        raise _fail("moon.placeholders", config.moon.placeholders, "must be True or False")
     _check_number(config, "moon.placeholder_mix_alpha", 0.0, float("inf"), low_open=True)
     _check_number(config, "moon.placeholder_weight", 0.0, float("inf"))
     if config.moon.placeholders and not (config.moon.enabled and config.moon.head == "k_plus_1"):

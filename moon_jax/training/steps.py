@@ -82,9 +82,7 @@ def _placeholder_term(setup: TrainingSetup, params, state: TrainState, images, c
     config = setup.placeholders
     loss = moon.placeholder_loss(logits, counts, setup.num_classes)
     p_unknown = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, setup.num_classes]
-    counted = counts.astype(jnp.float32)
-    aux = {"placeholder_ce": loss,
-           "placeholder_p_unknown": jnp.sum(p_unknown * counted) / jnp.maximum(jnp.sum(counted), 1.0)}
+    aux = {"placeholder_ce": loss, "placeholder_p_unknown": moon.counted_mean(p_unknown, counts)}
     return moon.placeholders_active(config, epoch) * config.weight * loss, aux
 
 

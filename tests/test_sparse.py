@@ -433,6 +433,45 @@ def test_top_k_mask_equals_a_stable_sort(values, k_frac):
     np.testing.assert_array_equal(got, want)  # -0.0 and 0.0 tie, as they do in the sort
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    arrays=st.lists(st.lists(st.sampled_from([-np.inf, -2.5, -0.0, 0.0, 1e-30, 0.5, 3.0, np.inf, np.nan]),
+                             min_size=1, max_size=30), min_size=1, max_size=5),
+    k_fracs=st.lists(st.floats(0.0, 1.0), min_size=5, max_size=5),
+)
+def test_top_k_masks_of_many_arrays_equal_each_arrays_own(arrays, k_fracs):
+    scores = [jnp.asarray(a, jnp.float32) for a in arrays]
+    ks = [int(round(f * s.size)) for f, s in zip(k_fracs, scores)]
+    for got, s, k in zip(sparse.top_k_masks(scores, ks), scores, ks):
+        assert int(got.sum()) == k
+        np.testing.assert_array_equal(got, sparse.top_k_mask(s, k))
+
+
+def test_drop_and_grow_of_many_layers_equals_each_layers_own():
+    keys = jax.random.split(jax.random.PRNGKey(5), 9)
+    shapes, counts, ks = [(6, 7), (50,), (3, 3, 4)], [10, 25, 30], [3, 0, 6]
+    masks = [sparse.random_mask(keys[i], s, c) for i, (s, c) in enumerate(zip(shapes, counts))]
+    drops = [jnp.round(jax.random.normal(keys[3 + i], s) * 4) for i, s in enumerate(shapes)]  # ties
+    grows = [jnp.abs(jnp.round(jax.random.normal(keys[6 + i], s) * 4)) for i, s in enumerate(shapes)]
+    many = sparse.drop_and_grow_many(masks, drops, grows, ks, counts)
+    for got, m, d, g, k, c in zip(many, masks, drops, grows, ks, counts):
+        np.testing.assert_array_equal(got, sparse.drop_and_grow(m, d, g, k, c))
+        assert int(got.sum()) == c
+
+
+def test_uniform_draws_are_jax_uniform_draws_from_one_hash():
+    keys = jax.random.split(jax.random.PRNGKey(7), 4)
+    shapes = [(3, 3, 2, 5), (7,), (1,), (40, 33)]
+    for draws in (sparse.uniform_draws(keys, shapes), jax.jit(lambda k: sparse.uniform_draws(k, shapes))(keys)):
+        for got, key, shape in zip(draws, keys, shapes):
+            np.testing.assert_array_equal(got, jax.random.uniform(key, shape))
+    jaxpr = str(jax.make_jaxpr(lambda k: sparse.uniform_draws(k, shapes))(keys))
+    assert jaxpr.count("threefry2x32") == 1  # one hash for the four arrays
+    typed = jax.random.split(jax.random.key(7), 2)  # new-style keys: drawn one by one, same values
+    for got, key in zip(sparse.uniform_draws(typed, shapes[:2]), typed):
+        np.testing.assert_array_equal(got, jax.random.uniform(key, got.shape))
+
+
 # ----------------------------------------------------------------------------- sparse_optimizer
 def _hand_wired(params, grads_seq, updater, tx, rng):
     """The loop sparse_optimizer replaces, written out: mask update or masked optimizer step."""

@@ -1,4 +1,5 @@
 """End-to-end tests of the training loop: configs, steps, resume, learning on real data."""
+import collections
 import contextlib
 import io
 import json
@@ -55,12 +56,32 @@ def test_every_config_builds_and_runs_two_steps(name):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """The tiny run, uninterrupted, trained and evaluated once for the tests that read it: its
-    workdir, its results and what it printed."""
+    workdir, its results, what it printed and the names of the functions it compiled."""
+    from jax._src import monitoring  # the listener API that names the compiled function
+
     workdir = tmp_path_factory.mktemp("tiny_run")
-    printed = io.StringIO()
+    printed, compiles, recording = io.StringIO(), [], [True]
+
+    def listener(event, duration, **kwargs):
+        if recording[0] and event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(str(kwargs.get("fun_name")))
+
+    monitoring.register_event_duration_secs_listener(listener)
     with contextlib.redirect_stdout(printed):
         results = train_and_evaluate(tiny_digits_config(), workdir)
-    return SimpleNamespace(workdir=workdir, results=results, printed=printed.getvalue())
+    recording[0] = False
+    return SimpleNamespace(workdir=workdir, results=results, printed=printed.getvalue(), compiles=compiles)
+
+
+def test_a_run_compiles_each_of_its_programs_once(tiny_run):
+    counts = collections.Counter(tiny_run.compiles)
+    # one eval forward pass serves the periodic evaluation, the weight average and the last iterate
+    for name in ("train_step", "mask_update_step", "snapshot_step", "model_outputs", "odin_fn"):
+        assert counts[f"jit({name})"] == 1, (name, counts)
+    # the reports' mask statistics are one program, shared by the run summary, the logging
+    # intervals, the average's support check and the evaluation (module-level: maybe cached)
+    assert counts["jit(mask_statistics)"] <= 1
+    assert not {"jit(_mean)", "jit(count_nonzero)", "jit(_where)"} & set(counts)  # no eager per-layer ops
 
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_run):

@@ -244,6 +244,7 @@ def model_functions(
     num_known: int,
     odin: bool = True,
     mesh=None,
+    outputs_program: Optional[Callable] = None,
 ) -> ModelFunctions:
     """Jitted :class:`ModelFunctions` from the pieces of a model.
 
@@ -263,13 +264,17 @@ def model_functions(
       num_known: K.
       odin: also build ODIN's function.
       mesh: devices to split each batch over (:func:`on_devices`); ``None``: default device.
+      outputs_program: ``outputs`` already compiled by :func:`moon_jax.devices.batched_device_function`
+        (``(variables, images) -> outputs``), to reuse one compiled forward pass for several
+        models of the same shapes; ``None`` compiles ``outputs`` here.
     """
 
     def odin_fn(variables, images):
         return pp.odin_logits(lambda x: apply(variables, x), preprocess(images), std, num_known)
 
     return ModelFunctions(
-        outputs=on_devices(outputs, variables, mesh),
+        outputs=(on_devices(outputs, variables, mesh) if outputs_program is None
+                 else lambda images: outputs_program(variables, images)),
         head=(np.asarray(head["kernel"]), np.asarray(head["bias"])),
         odin=on_devices(odin_fn, variables, mesh) if odin else None,
     )

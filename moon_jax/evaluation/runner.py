@@ -4,7 +4,7 @@ the short periodic evaluation the training loop runs as a callback."""
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 
@@ -55,9 +55,16 @@ def evaluation_target(state: TrainState):
     return state.params, state.batch_stats, f"last iterate (step {int(state.step)})"
 
 
-def state_model_functions(setup: TrainingSetup, params, batch_stats) -> ModelFunctions:
+def outputs_program(setup: TrainingSetup) -> Callable:
+    """The setup's eval forward pass, ``(variables, uint8 batch) -> (logits, penultimate
+    features)``, compiled on first use: one program for the periodic evaluation, the reported
+    model and the last iterate of a run (each new jit of it would compile again)."""
+    return batched_device_function(functools.partial(model_outputs, setup, return_features=True), setup.split.mesh)
+
+
+def state_model_functions(setup: TrainingSetup, params, batch_stats, program: Optional[Callable] = None) -> ModelFunctions:
     """The evaluated model's device functions through the training setup's own preprocessing
-    and forward pass."""
+    and forward pass (``program``: an :func:`outputs_program` to reuse)."""
     return model_functions(
         outputs=functools.partial(model_outputs, setup, return_features=True),
         preprocess=setup.preprocess,
@@ -67,13 +74,15 @@ def state_model_functions(setup: TrainingSetup, params, batch_stats) -> ModelFun
         std=setup.preprocess.std,
         num_known=setup.num_classes,
         mesh=setup.split.mesh,
+        outputs_program=program,
     )
 
 
 def density_record(params, masks) -> dict:
     """Measured density of ``params`` over the masked layers, and how many weights those hold."""
     total = sum(m.size for m in jax.tree.leaves(masks, is_leaf=lambda x: x is None) if m is not None)
-    return {"masked_layers_nonzero_fraction": float(sparse.masked_density(params, masks)), "masked_weights": total}
+    nonzero = float(sparse.mask_statistics(params, masks)["nonzero_fraction"])
+    return {"masked_layers_nonzero_fraction": nonzero, "masked_weights": total}
 
 
 def evaluate_state(
@@ -83,6 +92,7 @@ def evaluate_state(
     config,
     return_arrays: bool = False,
     train_examples: int = pp.TRAIN_FEATURE_EXAMPLES,
+    program: Optional[Callable] = None,
 ):
     """Full evaluation (ID + every OOD set, every score) of the model a state reports.
 
@@ -91,11 +101,14 @@ def evaluate_state(
     :func:`moon_jax.evaluation.evaluate_full` the keys ``model`` (which model), ``step``,
     ``density`` (measured), ``layer_density`` (per layer, of the masks), ``method``,
     ``dataset`` and ``architecture``. With ``return_arrays`` returns ``(results, EvalArrays)``.
+    ``program``: the run's :func:`outputs_program` if it has one (else one is compiled here and
+    serves the last iterate too).
     """
+    program = program or outputs_program(setup)
     state = with_current_average_batch_stats(setup, state, data, config)
     params, batch_stats, description = evaluation_target(state)
     results, arrays = evaluate_full(
-        state_model_functions(setup, params, batch_stats),
+        state_model_functions(setup, params, batch_stats, program),
         data.train, data.test, data.ood, setup.num_classes, config.train.eval_batch_size,
         score_names=tuple(config.eval.scores) or None, ece_bins=config.eval.ece_bins,
         train_examples=train_examples,
@@ -103,16 +116,17 @@ def evaluate_state(
     results["model"] = description
     results["step"] = int(state.step)
     results["density"] = density_record(params, state.masks)
-    results["layer_density"] = setup.updater.layer_density_report(state.masks)
+    results["layer_density"] = setup.updater.layer_density_report(state.masks, params)
     results["method"] = describe_method(config)
     results["dataset"] = config.data.dataset
     results["architecture"] = config.model.name
     if moon.averaged_params(state.opt_state) is not None and BY_NAME[results["primary_score"]].kind == "logits":
-        results["last_iterate"] = last_iterate_results(setup, state, data, config, results["primary_score"])
+        results["last_iterate"] = last_iterate_results(setup, state, data, config, results["primary_score"], program)
     return (results, arrays) if return_arrays else results
 
 
-def last_iterate_results(setup: TrainingSetup, state: TrainState, data: RunData, config, score_name: str) -> dict:
+def last_iterate_results(setup: TrainingSetup, state: TrainState, data: RunData, config, score_name: str,
+                         program: Optional[Callable] = None) -> dict:
     """What the voting adds: ACC / ECE / NLL and ``score_name``'s OOD metrics of the last iterate
     (its own BatchNorm statistics), for a run whose reported model is the weight average.
 
@@ -120,7 +134,7 @@ def last_iterate_results(setup: TrainingSetup, state: TrainState, data: RunData,
     well under the cost of the full evaluation. Keys: ``model``, ``classification`` (acc, ece,
     nll), ``score``, ``ood`` (per set and ``mean``, as ``results['ood'][score]``).
     """
-    outputs = state_model_functions(setup, state.params, state.batch_stats).outputs
+    outputs = state_model_functions(setup, state.params, state.batch_stats, program).outputs
     batch_size = config.train.eval_batch_size
     test_logits, _ = predict_outputs(outputs, data.test, batch_size)
     ood_logits = {name: predict_outputs(outputs, ds, batch_size)[0] for name, ds in data.ood.items()}
@@ -134,17 +148,18 @@ def last_iterate_results(setup: TrainingSetup, state: TrainState, data: RunData,
     }
 
 
-def periodic_classification(data: RunData, config) -> Callable[[TrainingSetup, TrainState], dict]:
+def periodic_classification(data: RunData, config, program: Optional[Callable] = None) -> Callable[[TrainingSetup, TrainState], dict]:
     """The training loop's periodic evaluation: ACC / ECE / NLL of the current iterate on the ID
-    test set. The forward pass is compiled once, on the first call, and reused."""
-    compiled = {}
+    test set, through ``program`` (the run's :func:`outputs_program`; built on the first call if
+    ``None``)."""
+    compiled = {"outputs": program} if program is not None else {}
 
     def evaluate(setup: TrainingSetup, state: TrainState) -> dict:
         if "outputs" not in compiled:
-            compiled["outputs"] = batched_device_function(functools.partial(model_outputs, setup), setup.split.mesh)
+            compiled["outputs"] = outputs_program(setup)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         results = evaluate_model(
-            lambda images: compiled["outputs"](variables, images), data.test, {}, setup.num_classes,
+            lambda images: compiled["outputs"](variables, images)[0], data.test, {}, setup.num_classes,
             config.train.eval_batch_size, ece_bins=config.eval.ece_bins,
         )
         cls = results["classification"]

@@ -31,7 +31,6 @@ from moon_jax.moon.averaging import (
     init_batch_stats_accumulator,
     is_snapshot_step,
     weight_averaging,
-    weights_outside_masks,
 )
 from moon_jax.moon.dropconnect import DropConnectState, dropconnect_keep_masks, random_dropconnect, restore_dropped
 from moon_jax.moon.loss import (

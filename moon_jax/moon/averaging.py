@@ -81,19 +81,6 @@ def averaged_params(opt_state: PyTree) -> "tuple[PyTree, int] | None":
     return found.average, int(found.count)
 
 
-def weights_outside_masks(params: PyTree, masks: PyTree) -> int:
-    """Host-side: the number of nonzero weights at positions the masks mark inactive.
-
-    The weight average of snapshots that share one mask has exactly that mask's support, so
-    this is 0 unless a mask update happened after averaging began.
-    """
-    outside = 0
-    for mask, p in zip(jax.tree.leaves(masks, is_leaf=lambda x: x is None), jax.tree.leaves(params)):
-        if mask is not None:
-            outside += int(jnp.count_nonzero(jnp.where(mask, 0, p)))
-    return outside
-
-
 def add_snapshot(state: AveragingState, params: PyTree, take_snapshot=True) -> AveragingState:
     """Folds ``params`` into the running mean when ``take_snapshot`` (else returns ``state``).
 

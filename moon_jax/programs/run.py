@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from moon_jax.evaluation.checkpoint_eval import report_and_save
-from moon_jax.evaluation.runner import evaluate_state, periodic_classification
+from moon_jax.evaluation.runner import evaluate_state, outputs_program, periodic_classification
 from moon_jax.training import build_run, train
 from moon_jax.training.run_directory import RunDirectory
 
@@ -21,10 +21,11 @@ def train_and_evaluate(config, workdir, evaluate_at_end: bool = True, stop_at_st
     (:func:`moon_jax.training.train`).
     """
     data, setup = build_run(config)
-    state = train(config, workdir, data, setup, periodic_eval=periodic_classification(data, config),
+    program = outputs_program(setup)  # one compiled forward pass for every evaluation of the run
+    state = train(config, workdir, data, setup, periodic_eval=periodic_classification(data, config, program),
                   stop_at_step=stop_at_step, allow_changed=allow_changed)
     if state is None or not evaluate_at_end:
         return {}
-    results, arrays = evaluate_state(setup, state, data, config, return_arrays=True)
+    results, arrays = evaluate_state(setup, state, data, config, return_arrays=True, program=program)
     results["checkpoint_step"] = int(state.step)
     return report_and_save(RunDirectory(workdir), results, arrays, config)

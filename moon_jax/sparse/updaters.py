@@ -50,9 +50,10 @@ from moon_jax.sparse.distribution import SparsityPlan, plan_sparsity
 from moon_jax.sparse.leaves import SparsityRule, leaf_names, sparsifiable_shapes
 from moon_jax.sparse.schedule import (PruningSchedule, UpdateSchedule, drop_count, drop_fraction_at, is_pruning_step,
                                       is_update_step, pruning_event_index, pruning_sparsity_at)
-from moon_jax.sparse.selection import drop_and_grow, random_mask, top_k_mask  # noqa: F401 (re-exported)
+from moon_jax.sparse.selection import (drop_and_grow, drop_and_grow_many, random_mask, top_k_mask,  # noqa: F401 (re-exported)
+                                       top_k_masks, uniform_draws)
 from moon_jax.sparse.structure import (UNSTRUCTURED, Structure, parse_structure, structure_plan,
-                                       structured_drop_and_grow, structured_random_mask)
+                                       structured_drop_and_grow, top_structured_mask)
 
 PyTree = Any
 
@@ -94,6 +95,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     return map_masked(lambda m, p: jnp.where(m, p, jnp.zeros_like(p)), masks, params)
 
 
+@jax.jit
 def masked_density(params: PyTree, masks: PyTree) -> jax.Array:
     """Share of nonzero weights over the masked layers, measured on the values (a JAX scalar):
     the achieved density of the weights themselves, whatever the masks say."""
@@ -105,17 +107,49 @@ def masked_density(params: PyTree, masks: PyTree) -> jax.Array:
     return jnp.asarray(nonzero, jnp.float32) / max(total, 1)
 
 
+@jax.jit
+def mask_statistics(params: PyTree, masks: PyTree) -> dict:
+    """What the reports read about the masks and the weights under them, as one program (each
+    of these as its own small program would compile separately, for nothing):
+
+    * ``layer_density``: per parameter leaf in flatten order, its mask's share of True
+      (``None`` for a dense leaf);
+    * ``density``: the share of True over all masks together;
+    * ``nonzero_fraction``: :func:`masked_density` (lower than ``density`` right after a mask
+      update, since grown weights start at 0);
+    * ``nonzero_outside``: nonzero weights at positions the masks mark inactive (0 for weights
+      kept on their masks; for a weight average, 0 unless a mask update happened after
+      averaging began).
+    """
+    leaves = jax.tree.leaves(masks, is_leaf=_is_none)
+    kept = [m for m in leaves if m is not None]
+    outside = jnp.zeros((), jnp.int32)
+    for mask, p in zip(leaves, jax.tree.leaves(params)):
+        if mask is not None:
+            outside = outside + jnp.count_nonzero(jnp.where(mask, 0, p))
+    return {
+        "layer_density": [None if m is None else jnp.mean(m) for m in leaves],
+        "density": sum(jnp.sum(m, dtype=jnp.float32) for m in kept) / max(sum(m.size for m in kept), 1),
+        "nonzero_fraction": masked_density(params, masks),
+        "nonzero_outside": outside,
+    }
+
+
 _NEG_INF = -float("inf")  # below every score: never selected while k allows
 
 
-def initial_mask(algorithm: Algorithm, key: jax.Array, shape: tuple[int, ...], nonzeros: int,
-                 structure: Structure = UNSTRUCTURED) -> jax.Array:
-    """The mask a layer starts from: random with exactly ``nonzeros`` active positions in the
-    pattern of ``structure`` for the algorithms that are sparse from the start, all True for
-    pruning from dense."""
+def initial_masks(algorithm: Algorithm, keys: jax.Array, shapes: list[tuple[int, ...]], nonzeros: list[int],
+                  structure: Structure = UNSTRUCTURED) -> list[jax.Array]:
+    """The masks layers start from: for the algorithms that are sparse from the start, layer
+    ``i`` random with exactly ``nonzeros[i]`` active positions in the pattern of ``structure``
+    (:func:`~moon_jax.sparse.structure.structured_random_mask` with ``keys[i]``, its draws made in one program by
+    :func:`uniform_draws`); all True for pruning from dense."""
     if not algorithm.sparse_at_init:
-        return jnp.ones(shape, bool)
-    return structured_random_mask(key, shape, nonzeros, structure)
+        return [jnp.ones(shape, bool) for shape in shapes]
+    draws = uniform_draws(keys, shapes)
+    if structure.is_unstructured:
+        return top_k_masks(draws, nonzeros)
+    return [top_structured_mask(d, count, structure) for d, count in zip(draws, nonzeros)]
 
 
 def select_global(scores: list[jax.Array], k) -> list[jax.Array]:
@@ -173,10 +207,12 @@ class SparseUpdater:
         leaves, treedef = jax.tree.flatten(params)
         mask_rng, state_rng = jax.random.split(rng)
         keys = jax.random.split(mask_rng, max(len(leaves), 1))
-        masks = [
-            None if count is None else initial_mask(self.algorithm, keys[i], leaf.shape, count, self.structure)
-            for i, (leaf, count) in enumerate(zip(leaves, self.nonzeros))
-        ]
+        masked = [i for i, count in enumerate(self.nonzeros) if count is not None]
+        chosen = initial_masks(self.algorithm, keys[jnp.asarray(masked, jnp.int32)] if masked else keys[:0],
+                               [leaves[i].shape for i in masked], [self.nonzeros[i] for i in masked], self.structure)
+        masks = [None] * len(leaves)
+        for i, mask in zip(masked, chosen):
+            masks[i] = mask
         masks = jax.tree.unflatten(treedef, masks)
         state = SparseState(masks=masks, step=jnp.zeros((), jnp.int32), rng=state_rng)
         return state, apply_masks(params, masks)
@@ -236,14 +272,19 @@ class SparseUpdater:
         ceiling, :func:`~moon_jax.sparse.schedule.drop_count`), keeping its structure."""
         fraction = drop_fraction_at(self.schedule, step)
         drop, grow = SCORES[self.algorithm.drop_score], SCORES[self.algorithm.grow_score]
-        new_masks = []
-        for i, (mask, param, grad, count) in enumerate(zip(masks, params, grads, self.nonzeros)):
-            if mask is None:
-                new_masks.append(None)
-                continue
-            k = drop_count(self.schedule, fraction, count)
-            new_masks.append(structured_drop_and_grow(mask, drop(param, grad, keys[i]), grow(param, grad, keys[i]), k,
-                                                      count, self.structure))
+        masked = [i for i, m in enumerate(masks) if m is not None]
+        counts = [self.nonzeros[i] for i in masked]
+        ks = [drop_count(self.schedule, fraction, count) for count in counts]
+        drops = [drop(params[i], grads[i], keys[i]) for i in masked]
+        grows = [grow(params[i], grads[i], keys[i]) for i in masked]
+        if self.structure.is_unstructured:
+            chosen = drop_and_grow_many([masks[i] for i in masked], drops, grows, ks, counts)
+        else:
+            chosen = [structured_drop_and_grow(masks[i], d, g, k, count, self.structure)
+                      for i, d, g, k, count in zip(masked, drops, grows, ks, counts)]
+        new_masks = list(masks)
+        for i, mask in zip(masked, chosen):
+            new_masks[i] = mask
         return new_masks
 
     def _prune(self, step, masks, params, grads, keys) -> list:
@@ -259,7 +300,7 @@ class SparseUpdater:
         if self.algorithm.scope == "global":
             kept = select_global(scores, table[0])
         else:
-            kept = [top_k_mask(s, table[j]) for j, s in enumerate(scores)]
+            kept = top_k_masks(scores, [table[j] for j in range(len(scores))])
         new_masks = list(masks)
         for i, m in zip(masked, kept):
             new_masks[i] = m
@@ -307,14 +348,11 @@ class SparseUpdater:
                 phases.append((end - start, {n: c / size for (n, size), c in zip(masked, row)}))
         return phases
 
-    def layer_density_report(self, masks: PyTree) -> dict[str, float]:
-        """Mask density of every sparsifiable layer (1.0 for those kept dense), host-side."""
-        leaves = jax.tree.leaves(masks, is_leaf=_is_none)
-        return {
-            name: 1.0 if mask is None else float(jnp.mean(mask))
-            for name, mask in zip(self.names, leaves)
-            if name in self.plan.shapes
-        }
+    def layer_density_report(self, masks: PyTree, params: PyTree) -> dict[str, float]:
+        """Mask density of every sparsifiable layer (1.0 for those kept dense), host-side
+        (through :func:`mask_statistics`, which the training reports compile anyway)."""
+        densities = [None if d is None else float(d) for d in mask_statistics(params, masks)["layer_density"]]
+        return {name: 1.0 if d is None else d for name, d in zip(self.names, densities) if name in self.plan.shapes}
 
 
 def _leaf_counts(params: PyTree, plan: SparsityPlan) -> tuple[tuple[Optional[int], ...], tuple[str, ...]]:

@@ -341,7 +341,7 @@ def _print_run_summary(config, data: RunData, setup: TrainingSetup, state: Train
         lambda v, x: setup.model.apply(v, x, train=False),
         setup.variables(state.params, state.batch_stats),
         data.image_shape,
-        setup.updater.layer_density_report(state.masks),
+        setup.updater.layer_density_report(state.masks, state.params),
         config.sparse.method,
         setup.schedule.total_steps,
         setup.updater.schedule,
@@ -357,11 +357,12 @@ def _check_average_support(state: TrainState) -> None:
     if averaged is None:
         return
     params, count = averaged
-    outside = moon.weights_outside_masks(params, state.masks)
+    stats = sparse.mask_statistics(params, state.masks)
+    outside = int(stats["nonzero_outside"])
     if outside:
         raise AssertionError(
             f"the weight average has {outside} nonzero weights outside the final mask: a mask update "
             "happened after averaging started (config.sparse.end_fraction too large?)"
         )
-    density = float(sparse.masked_density(params, state.masks))
+    density = float(stats["nonzero_fraction"])
     log(f"weight average: {count} snapshots, all on the final mask; measured density of masked layers {density:.6f}")

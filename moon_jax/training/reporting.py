@@ -188,7 +188,7 @@ class IntervalReporter:
         self.stop_if_nonfinite = stop_if_nonfinite
         self.records: list = []
         self.in_flight: Optional[_PendingSummary] = None
-        self._densities = jax.jit(_densities) if masked else None
+        self.masked = masked
 
     def add(self, metrics: dict) -> None:
         self.records.append(metrics)
@@ -196,7 +196,7 @@ class IntervalReporter:
     def close_interval(self, step: int, epoch: int, state) -> None:
         """Closes the interval that ends at ``step`` (``state``: the train state there, for the
         densities of a masked run)."""
-        extra = self._densities(state.params, state.masks) if self._densities is not None else {}
+        extra = _densities(state.params, state.masks) if self.masked else {}
         self.flush()
         self.in_flight = _start_summary(self.records, step, epoch, extra)
         self.records = []
@@ -216,7 +216,5 @@ class IntervalReporter:
 def _densities(params, masks) -> dict:
     """``density``: the fraction of masked weights the masks keep; ``nonzero_fraction``: the
     fraction that is nonzero (lower right after a mask update, since grown weights start at 0)."""
-    kept = [m for m in jax.tree.leaves(masks) if m is not None]
-    size = sum(m.size for m in kept)
-    density = sum(jnp.sum(m, dtype=jnp.float32) for m in kept) / size
-    return {"density": density, "nonzero_fraction": sparse.masked_density(params, masks)}
+    stats = sparse.mask_statistics(params, masks)
+    return {"density": stats["density"], "nonzero_fraction": stats["nonzero_fraction"]}

@@ -75,12 +75,13 @@ def tiny_run(tmp_path_factory):
 
 def test_a_run_compiles_each_of_its_programs_once(tiny_run):
     counts = collections.Counter(tiny_run.compiles)
-    # one eval forward pass serves the periodic evaluation, the weight average and the last iterate
-    for name in ("train_step", "mask_update_step", "snapshot_step", "model_outputs", "odin_fn"):
-        assert counts[f"jit({name})"] == 1, (name, counts)
-    # the reports' mask statistics are one program, shared by the run summary, the logging
-    # intervals, the average's support check and the evaluation (module-level: maybe cached)
-    assert counts["jit(mask_statistics)"] <= 1
+    assert counts["jit(train_step)"] >= 1  # the listener hears this run's compiles
+    # at most once each (none when an earlier test of this process compiled the same program):
+    # one eval forward pass serves the periodic evaluation, the weight average and the last
+    # iterate; the reports' mask statistics are one program, shared by the run summary, the
+    # logging intervals, the average's support check and the evaluation
+    for name in ("train_step", "mask_update_step", "snapshot_step", "model_outputs", "odin_fn", "mask_statistics"):
+        assert counts[f"jit({name})"] <= 1, (name, counts)
     assert not {"jit(_mean)", "jit(count_nonzero)", "jit(_where)"} & set(counts)  # no eager per-layer ops
 
 

@@ -5,8 +5,8 @@
     python train.py --config configs/cifar10_resnet18.py --config.sparse.method=set --config.moon.enabled=False
 
 Re-running the same command continues from the newest checkpoint. At the end the evaluation table
-is printed and written to <workdir>/eval.json with its plots; `python eval.py --workdir ...`
-recomputes it. Ctrl-C or SIGTERM saves a checkpoint and stops (a second Ctrl-C aborts at once).
+is printed and written to <workdir>/eval.json with its plots (--noplots skips them);
+`python eval.py --workdir ...` recomputes it. Ctrl-C or SIGTERM saves a checkpoint and stops (a second Ctrl-C aborts at once).
 """
 from moon_jax.programs.train_main import run
 

@@ -62,6 +62,8 @@ def test_plan_runs_builds_one_command_per_method_and_seed(tmp_path):
         "--config.seed=2", "--config.sparse.method=rigl", "--config.moon.enabled=True",
     )
     assert specs[0].command[-2:] == ("--config.sparse.method=dense", "--config.moon.enabled=False")
+    quiet = rp.plan_runs("configs/x.py", ["dense"], [0], tmp_path, python="py", plots=False)[0]
+    assert quiet.command == specs[0].command[:4] + specs[0].command[5:] + ("--noplots",)
     with pytest.raises(ValueError, match="unknown method.*rigel"):
         rp.plan_runs("c.py", ["rigel"], [0], tmp_path)
     with pytest.raises(ValueError, match="--config.a.b=value"):
@@ -312,6 +314,7 @@ def test_reproduce_script_end_to_end_on_digits(tmp_path):
                f"{100 * photos['fpr95']:.2f} | {100 * sum(noise) / 2:.2f} |")
         assert row in report, report
         assert "--config.sparse.method=rigl" in (root / f"{method}_s0" / "train.log").read_text()
+        assert not list((root / f"{method}_s0").glob("*.png"))  # --noplots reaches train.py's evaluation
     assert results["primary_score"] == "moon_msp" and results["model"].startswith("weight average of")
     assert "| MOON + RigL 90% | " in report.split("## The unknown output and the voting")[1].split("##")[0]
     assert "## Scale and why\n\nThe embedded offline default" in report

@@ -1,4 +1,5 @@
 """Tests of the sparse-training engine: distributions, masks, RigL / SET / static, masked Optax."""
+import collections
 import math
 
 import flax.linen as nn
@@ -227,6 +228,32 @@ def test_set_grows_only_inactive_and_uniformly():
         grown_counts += others
     # grown positions spread over all 33 candidates (each expected 300*3/33 ~ 27)
     assert np.all(grown_counts[10:] > 5) and np.all(grown_counts[:3] > 5)
+
+
+def test_selections_called_outside_jit_compile_once_per_shape():
+    """Users' own loops call the selects eagerly; their radix passes are a ``fori_loop``, which
+    would be traced and compiled again at every eager call (0.6 s each on CPU) were the selects
+    not jitted themselves."""
+    from jax._src import monitoring
+
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(str(kwargs.get("fun_name")))
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        mask = jnp.arange(37) < 9
+        for seed in range(3):
+            grow = jax.random.uniform(jax.random.key(seed), (37,))
+            assert int(sparse.drop_and_grow(mask, jnp.linspace(0.0, 1.0, 37), grow, 2 + seed, 9).sum()) == 9
+            assert [int(m.sum()) for m in sparse.top_k_masks([grow, grow[:29]], [seed, 4])] == [seed, 4]
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    counts = collections.Counter(compiles)
+    assert counts["jit(top_k_mask)"] <= 1 and counts["jit(top_k_masks)"] <= 1, counts
+    assert "jit(scan)" not in counts and "jit(while)" not in counts, counts  # no loop compiled on its own
 
 
 def test_one_compilation_for_ten_updates():
@@ -467,8 +494,12 @@ def test_uniform_draws_are_jax_uniform_draws_from_one_hash():
             np.testing.assert_array_equal(got, jax.random.uniform(key, shape))
     jaxpr = str(jax.make_jaxpr(lambda k: sparse.uniform_draws(k, shapes))(keys))
     assert jaxpr.count("threefry2x32") == 1  # one hash for the four arrays
-    typed = jax.random.split(jax.random.key(7), 2)  # new-style keys: drawn one by one, same values
-    for got, key in zip(sparse.uniform_draws(typed, shapes[:2]), typed):
+    typed = jax.random.split(jax.random.key(7), 4)  # new-style keys: the same, one hash too
+    for got, key, shape in zip(sparse.uniform_draws(typed, shapes), typed, shapes):
+        np.testing.assert_array_equal(got, jax.random.uniform(key, shape))
+    assert str(jax.make_jaxpr(lambda k: sparse.uniform_draws(k, shapes))(typed)).count("threefry2x32") == 1
+    rbg = jax.random.split(jax.random.key(7, impl="rbg"), 2)  # another generator: drawn one by one
+    for got, key in zip(sparse.uniform_draws(rbg, shapes[:2]), rbg):
         np.testing.assert_array_equal(got, jax.random.uniform(key, got.shape))
 
 

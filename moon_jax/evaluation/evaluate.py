@@ -235,7 +235,7 @@ class ModelFunctions:
 
 
 def model_functions(
-    outputs: Callable[[object, np.ndarray], tuple],
+    outputs: Optional[Callable[[object, np.ndarray], tuple]],
     preprocess: Callable[[np.ndarray], jax.Array],
     apply: Callable[[object, jax.Array], jax.Array],
     variables,
@@ -254,7 +254,8 @@ def model_functions(
 
     Args:
       outputs: ``(variables, uint8 batch) -> (logits, penultimate features)`` (e.g.
-        ``training.steps.model_outputs(..., return_features=True)``).
+        ``training.steps.model_outputs(..., return_features=True)``); ``None`` when
+        ``outputs_program`` is given.
       preprocess: uint8 batch -> the normalised input the network sees (``TrainingSetup.preprocess``).
       apply: ``(variables, normalised input) -> logits``; ODIN differentiates it with respect to
         its input.
@@ -268,6 +269,9 @@ def model_functions(
         (``(variables, images) -> outputs``), to reuse one compiled forward pass for several
         models of the same shapes; ``None`` compiles ``outputs`` here.
     """
+
+    if outputs is None and outputs_program is None:
+        raise ValueError("model_functions needs outputs or outputs_program")
 
     def odin_fn(variables, images):
         return pp.odin_logits(lambda x: apply(variables, x), preprocess(images), std, num_known)

@@ -66,7 +66,7 @@ def state_model_functions(setup: TrainingSetup, params, batch_stats, program: Op
     """The evaluated model's device functions through the training setup's own preprocessing
     and forward pass (``program``: an :func:`outputs_program` to reuse)."""
     return model_functions(
-        outputs=functools.partial(model_outputs, setup, return_features=True),
+        outputs=None,
         preprocess=setup.preprocess,
         apply=lambda v, x: setup.model.apply(setup.variables(v["params"], v["batch_stats"]), x, train=False),
         variables={"params": params, "batch_stats": batch_stats},
@@ -74,7 +74,7 @@ def state_model_functions(setup: TrainingSetup, params, batch_stats, program: Op
         std=setup.preprocess.std,
         num_known=setup.num_classes,
         mesh=setup.split.mesh,
-        outputs_program=program,
+        outputs_program=program if program is not None else outputs_program(setup),
     )
 
 

@@ -10,12 +10,12 @@ from moon_jax.training.run_directory import RunDirectory
 
 
 def train_and_evaluate(config, workdir, evaluate_at_end: bool = True, stop_at_step: Optional[int] = None,
-                       allow_changed: Sequence[str] = ()) -> dict:
+                       allow_changed: Sequence[str] = (), plots: bool = True) -> dict:
     """Trains (resuming from ``workdir``) with periodic evaluation, then evaluates the final model.
 
     Returns the final evaluation results (:func:`moon_jax.evaluation.runner.evaluate_state`),
     printed as a Markdown table, then written with its plots to ``<workdir>/eval.json`` as
-    ``eval.py`` writes them. With ``stop_at_step`` the run saves a checkpoint at that global step
+    ``eval.py`` writes them (``plots=False``: without the plots). With ``stop_at_step`` the run saves a checkpoint at that global step
     and returns ``{}`` (a later call continues it); ``evaluate_at_end=False`` returns ``{}``
     after training. ``allow_changed``: optimiser fields that may differ from the checkpoint's
     (:func:`moon_jax.training.train`).
@@ -28,4 +28,4 @@ def train_and_evaluate(config, workdir, evaluate_at_end: bool = True, stop_at_st
         return {}
     results, arrays = evaluate_state(setup, state, data, config, return_arrays=True, program=program)
     results["checkpoint_step"] = int(state.step)
-    return report_and_save(RunDirectory(workdir), results, arrays, config)
+    return report_and_save(RunDirectory(workdir), results, arrays, config, plots=plots)

@@ -18,6 +18,7 @@ flags.DEFINE_integer(
     "Save a checkpoint and stop once this global step is reached (for time-limited sessions); "
     "re-run to continue.",
 )
+flags.DEFINE_boolean("plots", True, "Write the final evaluation's PNG plots beside eval.json (--noplots skips them).")
 flags.DEFINE_list(
     "resume_with_changed", [],
     "Config fields that may differ from the checkpoint's when resuming: optimiser settings only "
@@ -38,7 +39,8 @@ def _train(config_path: str) -> None:
     enable_compilation_cache()
     config = prepare_config(FLAGS.config, sys.argv, load_config_file(config_path).train.epochs)
     workdir = FLAGS.workdir or default_workdir(config_path)
-    train_and_evaluate(config, workdir, stop_at_step=FLAGS.stop_at_step, allow_changed=FLAGS.resume_with_changed)
+    train_and_evaluate(config, workdir, stop_at_step=FLAGS.stop_at_step, allow_changed=FLAGS.resume_with_changed,
+                       plots=FLAGS.plots)
 
 
 def run() -> None:

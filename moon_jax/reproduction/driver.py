@@ -137,7 +137,7 @@ def reproduce(request: Request, train_script: str = "train.py") -> int:
     any run starts."""
     try:
         specs = plan_runs(request.config, request.methods, request.seeds, request.root, request.overrides,
-                          train_script=train_script, method_seeds=request.method_seeds)
+                          train_script=train_script, method_seeds=request.method_seeds, plots=request.plots)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     check_specs(specs)

@@ -34,6 +34,7 @@ def plan_runs(
     python: str = sys.executable,
     train_script: str = "train.py",
     method_seeds: Optional[Mapping[str, Sequence[int]]] = None,
+    plots: bool = True,
 ) -> list[RunSpec]:
     """The runs for every ``method x seed``: workdir ``<root>/<method>_s<seed>`` and its command.
 
@@ -42,6 +43,7 @@ def plan_runs(
     own seeds (e.g. the ablations over one seed, the paper's methods over three).
     ``overrides`` are extra ``--config.a.b=value`` arguments shared by every run (e.g. a smaller
     model for a smoke test); they come before the method's own, which therefore win.
+    ``plots=False`` adds ``--noplots``: train.py's final evaluation then writes no PNGs.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -63,6 +65,7 @@ def plan_runs(
                 python, train_script, f"--config={config_path}", f"--workdir={workdir}",
                 *overrides,
                 f"--config.seed={seed}", f"--config.sparse.method={spec.sparse_method}", *spec.overrides,
+                *(() if plots else ("--noplots",)),
             )
             specs.append(RunSpec(method, seed, workdir, command))
     return specs

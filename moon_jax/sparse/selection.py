@@ -31,6 +31,7 @@ _PASS_HIGH_BITS = (0x00000000, 0xFF000000, 0xFFFF0000, 0xFFFFFF00)
 _PASS_SHIFTS = (24, 16, 8, 0)
 
 
+@jax.jit
 def top_k_mask(scores: jax.Array, k) -> jax.Array:
     """Boolean mask with exactly ``k`` True entries at the ``k`` largest ``scores``.
 
@@ -43,7 +44,8 @@ def top_k_mask(scores: jax.Array, k) -> jax.Array:
     about as fast as the bit-by-bit select (32 counting passes) it replaced and 10x faster than
     an argsort for a 2.4M-weight layer. The passes are one ``fori_loop`` body rather than four
     unrolled copies, which compiles in about 60% of the time (a mask update selects twice per
-    layer). ``-inf`` sorts lowest, NaN highest.
+    layer). ``-inf`` sorts lowest, NaN highest. Jitted: called eagerly, a ``fori_loop`` would
+    be traced and compiled again at every call (0.6 s each on CPU).
     """
     flat = scores.reshape(-1)
     keys = order_preserving_keys(flat)
@@ -69,13 +71,14 @@ def top_k_mask(scores: jax.Array, k) -> jax.Array:
     return (larger | (ties & (tie_rank <= k - jnp.sum(larger, dtype=jnp.int32)))).reshape(scores.shape)
 
 
+@jax.jit
 def top_k_masks(scores: list[jax.Array], ks: list) -> list[jax.Array]:
     """``[top_k_mask(scores[i], ks[i]) for i ...]``, the same masks, as one program.
 
     The same radix select run on all arrays at once: their keys are concatenated and every pass
     builds one 256-bin histogram per array (a segmented histogram), so the compiled program has
     one select whatever the number of layers, not one per layer (a mask update selects twice per
-    layer: 34 selects for ResNet-18). ``ks`` may be traced.
+    layer: 34 selects for ResNet-18). ``ks`` may be traced. Jitted, as :func:`top_k_mask` is.
     """
     if len(scores) <= 1:
         return [top_k_mask(s, k) for s, k in zip(scores, ks)]
@@ -152,16 +155,20 @@ def uniform_draws(keys: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Ar
     ``uniform(key, shape)`` hashes only ``key`` and the flat index ``j``, so one hash over the
     concatenated ``(key, index)`` pairs of all arrays gives every array's bits; the float
     conversion is ``uniform``'s (the 23 high bits as the mantissa of a number in [1, 2), minus 1).
-    ``keys`` are raw ``uint32[n, 2]`` keys (``jax.random.split`` of a ``PRNGKey``); other key
-    types or implementations, or the flag off, draw array by array.
+    ``keys``: ``n`` threefry keys, typed (``jax.random.key``) or raw ``uint32[n, 2]``
+    (``jax.random.PRNGKey``); other PRNG implementations, or the flag off, draw array by array.
     """
-    fused = (jax.config.jax_threefry_partitionable and jax.config.jax_default_prng_impl == "threefry2x32"
-             and keys.dtype == jnp.uint32 and keys.ndim == 2 and keys.shape[1] == 2)
-    if not fused or not shapes:
+    if not shapes or not jax.config.jax_threefry_partitionable:
+        return [jax.random.uniform(keys[i], shape) for i, shape in enumerate(shapes)]
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        words = jax.random.key_data(keys) if str(jax.random.key_impl(keys)) == "threefry2x32" else None
+    else:
+        words = keys if jax.config.jax_default_prng_impl == "threefry2x32" and keys.dtype == jnp.uint32 else None
+    if words is None or words.ndim != 2 or words.shape[1] != 2:
         return [jax.random.uniform(keys[i], shape) for i, shape in enumerate(shapes)]
     sizes = [math.prod(shape) for shape in shapes]
     # broadcasts and iotas, not repeat(): XLA would constant-fold an index array of every weight
-    key_words = [jnp.concatenate([jnp.broadcast_to(keys[i, w], (n,)) for i, n in enumerate(sizes)]) for w in (0, 1)]
+    key_words = [jnp.concatenate([jnp.broadcast_to(words[i, w], (n,)) for i, n in enumerate(sizes)]) for w in (0, 1)]
     index = jnp.concatenate([jax.lax.iota(jnp.uint32, n) for n in sizes])
     hi, lo = threefry2x32_p.bind(*key_words, jnp.zeros_like(index), index)
     one = jnp.uint32(0x3F800000)  # the bits of 1.0f

@@ -152,6 +152,15 @@ def initial_masks(algorithm: Algorithm, keys: jax.Array, shapes: list[tuple[int,
     return [top_structured_mask(d, count, structure) for d, count in zip(draws, nonzeros)]
 
 
+def _placed(leaves: list, positions: list[int], values) -> list:
+    """A copy of ``leaves`` with ``values`` put at ``positions`` (the masked leaves' indices):
+    how the selections made for the masked layers go back into the full list of leaves."""
+    placed = list(leaves)
+    for i, value in zip(positions, values):
+        placed[i] = value
+    return placed
+
+
 def select_global(scores: list[jax.Array], k) -> list[jax.Array]:
     """Masks of the ``k`` best scores over several layers together (one global threshold; an
     exact total, per-layer counts as the scores fall): :func:`top_k_mask` over the concatenation."""
@@ -210,10 +219,7 @@ class SparseUpdater:
         masked = [i for i, count in enumerate(self.nonzeros) if count is not None]
         chosen = initial_masks(self.algorithm, keys[jnp.asarray(masked, jnp.int32)] if masked else keys[:0],
                                [leaves[i].shape for i in masked], [self.nonzeros[i] for i in masked], self.structure)
-        masks = [None] * len(leaves)
-        for i, mask in zip(masked, chosen):
-            masks[i] = mask
-        masks = jax.tree.unflatten(treedef, masks)
+        masks = jax.tree.unflatten(treedef, _placed([None] * len(leaves), masked, chosen))
         state = SparseState(masks=masks, step=jnp.zeros((), jnp.int32), rng=state_rng)
         return state, apply_masks(params, masks)
 
@@ -282,10 +288,7 @@ class SparseUpdater:
         else:
             chosen = [structured_drop_and_grow(masks[i], d, g, k, count, self.structure)
                       for i, d, g, k, count in zip(masked, drops, grows, ks, counts)]
-        new_masks = list(masks)
-        for i, mask in zip(masked, chosen):
-            new_masks[i] = mask
-        return new_masks
+        return _placed(masks, masked, chosen)
 
     def _prune(self, step, masks, params, grads, keys) -> list:
         """Pruning: keep the scheduled count of the best-scoring candidates (the active
@@ -301,10 +304,7 @@ class SparseUpdater:
             kept = select_global(scores, table[0])
         else:
             kept = top_k_masks(scores, [table[j] for j in range(len(scores))])
-        new_masks = list(masks)
-        for i, m in zip(masked, kept):
-            new_masks[i] = m
-        return new_masks
+        return _placed(masks, masked, kept)
 
     def maybe_update(
         self, state: SparseState, params: PyTree, grads: PyTree, rng: Optional[jax.Array] = None

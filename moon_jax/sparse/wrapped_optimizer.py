@@ -162,7 +162,11 @@ def sparse_optimizer(
       update_every, end_step, drop_fraction: the mask-update schedule of drop-and-grow methods
         (:class:`moon_jax.sparse.UpdateSchedule`; ``end_step`` 0 means masks never change).
       then: transformations applied after the masking, seeing the masked update (e.g.
-        :func:`moon_jax.moon.weight_averaging`).
+        :func:`moon_jax.moon.weight_averaging`). With the straight-through methods the new
+        parameters are the masked dense weights, while ``then`` sees ``params + update``: the
+        same sum computed at another place in the compiled program, which can differ in the last
+        bit of an active weight (measured: 1.2e-7 on weights of order 1); inactive weights are
+        exactly zero in both.
       start_step, initial_sparsity: with ``end_step`` and ``update_every``, the pruning schedule
         of the pruning methods (:class:`moon_jax.sparse.PruningSchedule`: prune at
         ``start_step``, every ``update_every`` iterations after, and at ``end_step``, where the

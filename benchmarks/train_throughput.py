@@ -50,7 +50,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from common import METHODS, MODELS, library_config, library_steps, model_title, plain_dense_step, synthetic_batch
 from moon_jax.devices import DataParallel

@@ -20,7 +20,8 @@ from conftest import REPO, tiny_digits_config
 from moon_jax.programs import explicit_overrides, prepare_config
 from moon_jax.training.checkpoint import Checkpointer
 from moon_jax.training.config import scale_phases_to_epochs
-from moon_jax.training.run_directory import RunDirectory, append_line, read_json_lines
+from moon_jax.training.files import append_line, read_json_lines
+from moon_jax.training.run_directory import RunDirectory
 
 CONFIG_FILE = '''
 import sys

@@ -21,7 +21,8 @@ from moon_jax.training import (
     build_run,
     describe_method,
 )
-from moon_jax.training.run_directory import RunDirectory, write_error
+from moon_jax.training.files import write_error
+from moon_jax.training.run_directory import RunDirectory
 
 
 def load_run_config(workdir, step: Optional[int] = None) -> ml_collections.ConfigDict:
@@ -48,7 +49,7 @@ def report_and_save(
     false; ``results['plots']`` lists them) and ``eval.json`` (or ``output``), on process 0.
 
     The report is printed before anything is written, so a failed write (one
-    :class:`~moon_jax.training.run_directory.WriteError` naming the path) loses no result.
+    :class:`~moon_jax.training.files.WriteError` naming the path) loses no result.
     """
     results["plots"] = []
     if jax.process_index() != 0:

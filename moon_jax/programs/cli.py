@@ -17,7 +17,8 @@ from moon_jax.data import DatasetFormatError, DatasetNotFoundError, resolve_data
 from moon_jax.metrics import split_group_prefix
 from moon_jax.training import CheckpointError, ConfigError, NonFiniteError, Preempted
 from moon_jax.training.config import scale_phases_to_epochs
-from moon_jax.training.run_directory import WorkdirBusyError, WriteError
+from moon_jax.training.files import WriteError
+from moon_jax.training.run_directory import WorkdirBusyError
 
 # Exit statuses: 2 for a problem the user can fix (config, data, checkpoint, workdir, disk), 3 for
 # a diverged run, 130 for Ctrl-C (128 + SIGINT), 143 for preemption (128 + SIGTERM).

@@ -12,7 +12,8 @@ from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 from moon_jax.reproduction.planning import RunSpec
 from moon_jax.reproduction.workdirs import record_wall_time
-from moon_jax.training.run_directory import TRAIN_LOG, RunDirectory
+from moon_jax.training.files import TRAIN_LOG
+from moon_jax.training.run_directory import RunDirectory
 
 
 class RunOutcome(NamedTuple):

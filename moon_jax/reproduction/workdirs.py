@@ -8,7 +8,8 @@ import datetime
 from pathlib import Path
 from typing import Optional
 
-from moon_jax.training.run_directory import WALL_TIME, RunDirectory
+from moon_jax.training.files import WALL_TIME
+from moon_jax.training.run_directory import RunDirectory
 
 #: Each run's workdir under the root: ``<method>_s<seed>``.
 RUN_DIR = "{method}_s{seed}"

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from moon_jax.training.config import base_config
-from moon_jax.training.run_directory import CHECKPOINTS, CONFIG, WriteError, free_bytes, warn, write_error
+from moon_jax.training.files import CHECKPOINTS, CONFIG, WriteError, free_bytes, warn, write_error
 
 # Fields that may change between a run and its resumption / evaluation without changing what is
 # being trained.
@@ -131,7 +131,7 @@ class Checkpointer:
         copied off the device; the files are written in the background (orbax's asynchronous
         save). The next save, :meth:`wait_until_finished` or :meth:`close` waits for it.
 
-        Raises :class:`~moon_jax.training.run_directory.WriteError` before writing anything when
+        Raises :class:`~moon_jax.training.files.WriteError` before writing anything when
         the disk lacks room for the state (so the newest complete checkpoint is never the one
         the disk filled up under), or when the write itself fails.
         """
@@ -159,7 +159,7 @@ class Checkpointer:
 
     def wait_until_finished(self) -> None:
         """Blocks until the checkpoint being written (if any) is complete on disk; a failed
-        background write raises :class:`~moon_jax.training.run_directory.WriteError`."""
+        background write raises :class:`~moon_jax.training.files.WriteError`."""
         try:
             self._manager.wait_until_finished()
         except Exception as err:

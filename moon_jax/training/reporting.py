@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from moon_jax import sparse
-from moon_jax.training.run_directory import RunDirectory, write_error
+from moon_jax.training.files import write_error
+from moon_jax.training.run_directory import RunDirectory
 
 
 def _format_duration(seconds: float) -> str:
@@ -94,7 +95,7 @@ class MetricWriter:
     TensorBoard scalars to its ``tensorboard/`` (``tensorboardX``, a dependency of moon-jax).
 
     A failed write (a full disk, say) raises one
-    :class:`~moon_jax.training.run_directory.WriteError` and leaves no torn line; TensorBoard is
+    :class:`~moon_jax.training.files.WriteError` and leaves no torn line; TensorBoard is
     flushed with each record, so its failures surface here too rather than in a background
     thread.
     """

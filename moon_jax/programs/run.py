@@ -14,11 +14,11 @@ def train_and_evaluate(config, workdir, evaluate_at_end: bool = True, stop_at_st
     """Trains (resuming from ``workdir``) with periodic evaluation, then evaluates the final model.
 
     Returns the final evaluation results (:func:`moon_jax.evaluation.runner.evaluate_state`),
-    printed as a Markdown table, then written with its plots to ``<workdir>/eval.json`` as
-    ``eval.py`` writes them (``plots=False``: without the plots). With ``stop_at_step`` the run saves a checkpoint at that global step
-    and returns ``{}`` (a later call continues it); ``evaluate_at_end=False`` returns ``{}``
-    after training. ``allow_changed``: optimiser fields that may differ from the checkpoint's
-    (:func:`moon_jax.training.train`).
+    printed as a Markdown table, then written with its plots (none with ``plots=False``) to
+    ``<workdir>/eval.json`` as ``eval.py`` writes them. With ``stop_at_step`` the run saves a
+    checkpoint at that global step and returns ``{}`` (a later call continues it);
+    ``evaluate_at_end=False`` returns ``{}`` after training. ``allow_changed``: optimiser fields
+    that may differ from the checkpoint's (:func:`moon_jax.training.train`).
     """
     data, setup = build_run(config)
     program = outputs_program(setup)  # one compiled forward pass for every evaluation of the run

@@ -1,5 +1,6 @@
 """Shared test helpers: loading the repository's config files, small run configs, running the
-programs, restoring a run's final state."""
+programs, restoring a run's final state, listening to JAX's compilations."""
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -75,6 +76,25 @@ def restore_final(config, workdir):
 
     data, setup = build_run(config, with_ood=False)
     return Checkpointer(workdir).restore(abstract_train_state(setup, data.image_shape), config)
+
+
+@contextlib.contextmanager
+def compiled_function_names():
+    """Yields a list that collects the name of every function JAX compiles inside the ``with``
+    block (``"jit(train_step)"``, ...), so tests can count recompilations."""
+    from jax._src import monitoring  # the listener API that names the compiled function
+
+    names = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(str(kwargs.get("fun_name")))
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
 
 
 @pytest.fixture(autouse=True, scope="session")

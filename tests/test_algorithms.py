@@ -1,6 +1,5 @@
 """The algorithm registry and pruning from dense: Zhu & Gupta's schedule, exact per-layer and
 global counts, straight-through training, the trainer's dense-to-sparse runs and their resume."""
-import math
 
 import jax
 import jax.numpy as jnp

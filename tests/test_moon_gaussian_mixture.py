@@ -9,7 +9,6 @@ must receive clearly lower confidence from the MOON model, while accuracy stays 
 """
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

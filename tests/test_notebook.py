@@ -1,5 +1,4 @@
 """notebooks/colab_tpu.ipynb executes top to bottom on CPU (tiny config, TFDS mock data)."""
-import os
 
 import nbformat
 import pytest

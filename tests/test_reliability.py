@@ -1,7 +1,6 @@
 """Reliability: exact resume after SIGKILL, SIGTERM saves, NaN stops cleanly, bad configs and
 checkpoints give clear errors."""
 import json
-import os
 import random
 import shutil
 import signal

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import compiled_function_names
 from moon_jax import sparse
 from moon_jax.sparse.distribution import exact_counts
 
@@ -234,23 +235,12 @@ def test_selections_called_outside_jit_compile_once_per_shape():
     """Users' own loops call the selects eagerly; their radix passes are a ``fori_loop``, which
     would be traced and compiled again at every eager call (0.6 s each on CPU) were the selects
     not jitted themselves."""
-    from jax._src import monitoring
-
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(str(kwargs.get("fun_name")))
-
-    monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with compiled_function_names() as compiles:
         mask = jnp.arange(37) < 9
         for seed in range(3):
             grow = jax.random.uniform(jax.random.key(seed), (37,))
             assert int(sparse.drop_and_grow(mask, jnp.linspace(0.0, 1.0, 37), grow, 2 + seed, 9).sum()) == 9
             assert [int(m.sum()) for m in sparse.top_k_masks([grow, grow[:29]], [seed, 4])] == [seed, 4]
-    finally:
-        monitoring.unregister_event_duration_listener(listener)
     counts = collections.Counter(compiles)
     assert counts["jit(top_k_mask)"] <= 1 and counts["jit(top_k_masks)"] <= 1, counts
     assert "jit(scan)" not in counts and "jit(while)" not in counts, counts  # no loop compiled on its own

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import CONFIG_NAMES, load_config, restore_final, short_digits_config, tiny_digits_config
+from conftest import CONFIG_NAMES, compiled_function_names, load_config, restore_final, short_digits_config, tiny_digits_config
 from moon_jax.programs import train_and_evaluate
 from moon_jax.devices import DataParallel
 from moon_jax.training import build_run, compile_steps, create_train_state
@@ -57,19 +57,10 @@ def test_every_config_builds_and_runs_two_steps(name):
 def tiny_run(tmp_path_factory):
     """The tiny run, uninterrupted, trained and evaluated once for the tests that read it: its
     workdir, its results, what it printed and the names of the functions it compiled."""
-    from jax._src import monitoring  # the listener API that names the compiled function
-
     workdir = tmp_path_factory.mktemp("tiny_run")
-    printed, compiles, recording = io.StringIO(), [], [True]
-
-    def listener(event, duration, **kwargs):
-        if recording[0] and event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(str(kwargs.get("fun_name")))
-
-    monitoring.register_event_duration_secs_listener(listener)
-    with contextlib.redirect_stdout(printed):
+    printed = io.StringIO()
+    with compiled_function_names() as compiles, contextlib.redirect_stdout(printed):
         results = train_and_evaluate(tiny_digits_config(), workdir)
-    recording[0] = False
     return SimpleNamespace(workdir=workdir, results=results, printed=printed.getvalue(), compiles=compiles)
 
 

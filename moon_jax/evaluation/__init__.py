@@ -14,3 +14,17 @@ from moon_jax.evaluation.evaluate import (
     predict_outputs,
 )
 from moon_jax.evaluation.report import format_results, headline
+
+__all__ = [
+    "EvalArrays",
+    "ModelFunctions",
+    "evaluate_full",
+    "evaluate_logits",
+    "evaluate_model",
+    "flax_model_functions",
+    "format_results",
+    "headline",
+    "model_functions",
+    "predict_logits",
+    "predict_outputs",
+]

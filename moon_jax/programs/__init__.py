@@ -25,3 +25,27 @@ from moon_jax.programs.cli import (
 from moon_jax.programs.run import train_and_evaluate
 from moon_jax.programs.runtime import (PEER_LOST, compilation_cache_dir, distributed_job, enable_compilation_cache,
                                       initialize_distributed)
+
+__all__ = [
+    "DIVERGED",
+    "INTERRUPTED",
+    "PEER_LOST",
+    "USER_ERROR",
+    "bundled_config",
+    "bundled_configs_dir",
+    "compilation_cache_dir",
+    "config_file_problem",
+    "config_path_argument",
+    "default_workdir",
+    "define_config_flag",
+    "distributed_job",
+    "enable_compilation_cache",
+    "explicit_overrides",
+    "initialize_distributed",
+    "load_config_file",
+    "parse_flags",
+    "prepare_config",
+    "quiet_library_logs",
+    "run_program",
+    "train_and_evaluate",
+]

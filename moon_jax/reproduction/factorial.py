@@ -18,7 +18,6 @@ involving voting are "n/a". An effect exceeds seed noise when
 """
 from __future__ import annotations
 
-import statistics
 from typing import Callable, Optional, Sequence
 
 from moon_jax.reproduction.formatting import pm

@@ -146,6 +146,18 @@ def random_mask(key: jax.Array, shape: tuple[int, ...], nonzeros: int) -> jax.Ar
     return top_k_mask(jax.random.uniform(key, shape), nonzeros)
 
 
+def _threefry_key_words(keys: jax.Array) -> jax.Array | None:
+    """The ``uint32[n, 2]`` words of ``n`` threefry keys whose bits are partitionable (so that
+    :func:`uniform_draws` may hash them together); ``None`` for any other keys."""
+    if not jax.config.jax_threefry_partitionable:
+        return None
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        words = jax.random.key_data(keys) if str(jax.random.key_impl(keys)) == "threefry2x32" else None
+    else:
+        words = keys if jax.config.jax_default_prng_impl == "threefry2x32" and keys.dtype == jnp.uint32 else None
+    return words if words is not None and words.ndim == 2 and words.shape[1] == 2 else None
+
+
 def uniform_draws(keys: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]:
     """``[jax.random.uniform(keys[i], shapes[i]) for i ...]``, the same bits, as one hash.
 
@@ -158,13 +170,8 @@ def uniform_draws(keys: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Ar
     ``keys``: ``n`` threefry keys, typed (``jax.random.key``) or raw ``uint32[n, 2]``
     (``jax.random.PRNGKey``); other PRNG implementations, or the flag off, draw array by array.
     """
-    if not shapes or not jax.config.jax_threefry_partitionable:
-        return [jax.random.uniform(keys[i], shape) for i, shape in enumerate(shapes)]
-    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        words = jax.random.key_data(keys) if str(jax.random.key_impl(keys)) == "threefry2x32" else None
-    else:
-        words = keys if jax.config.jax_default_prng_impl == "threefry2x32" and keys.dtype == jnp.uint32 else None
-    if words is None or words.ndim != 2 or words.shape[1] != 2:
+    words = _threefry_key_words(keys) if shapes else None
+    if words is None:
         return [jax.random.uniform(keys[i], shape) for i, shape in enumerate(shapes)]
     sizes = [math.prod(shape) for shape in shapes]
     # broadcasts and iotas, not repeat(): XLA would constant-fold an index array of every weight

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from moon_jax.sparse.algorithms import METHODS, SCORES, Algorithm, get_algorithm
+from moon_jax.sparse.algorithms import SCORES, Algorithm, get_algorithm
 from moon_jax.sparse.distribution import SparsityPlan, plan_sparsity
 from moon_jax.sparse.leaves import SparsityRule, leaf_names, sparsifiable_shapes
 from moon_jax.sparse.schedule import (PruningSchedule, UpdateSchedule, drop_count, drop_fraction_at, is_pruning_step,

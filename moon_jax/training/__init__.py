@@ -34,3 +34,38 @@ from moon_jax.training.setup import (
 )
 from moon_jax.training.state import TrainState
 from moon_jax.training.stopping import Preempted, StopRequests
+
+__all__ = [
+    "BatchSplit",
+    "CheckpointError",
+    "Checkpointer",
+    "ConfigError",
+    "EpochSchedule",
+    "NonFiniteError",
+    "Preempted",
+    "Preprocessing",
+    "RunData",
+    "StopRequests",
+    "TrainState",
+    "TrainingSetup",
+    "abstract_train_state",
+    "base_config",
+    "build_run",
+    "compile_steps",
+    "create_batch_split",
+    "create_epoch_schedule",
+    "create_learning_rate_fn",
+    "create_model",
+    "create_moon_loss",
+    "create_optimizer",
+    "create_sparse_updater",
+    "create_train_state",
+    "create_training_setup",
+    "describe_method",
+    "load_run_data",
+    "refresh_averaged_batch_stats",
+    "scaled_reference_recipe",
+    "train",
+    "training_batches",
+    "validate_config",
+]

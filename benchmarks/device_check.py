@@ -420,16 +420,14 @@ def run_guarded(specs, env: dict, seconds: float, grace: float) -> list[dict]:
     """Runs the specs at once; ``grace`` seconds before ``seconds`` are up, SIGTERM to every run
     still training (it saves a checkpoint and exits 143; a run already evaluating goes on), and at
     the end SIGKILL to what is left. Returns per run: exit status, seconds, what the guard did."""
+    from moon_jax.reproduction.workdirs import open_train_log
     from moon_jax.training.run_directory import RunDirectory
 
     t0 = time.monotonic()
     runs = []
     for spec in specs:
-        spec.workdir.mkdir(parents=True, exist_ok=True)
+        log = open_train_log(spec)
         log_path = RunDirectory(spec.workdir).train_log_path
-        log = open(log_path, "a")
-        log.write(f"$ {shlex.join(spec.command)}\n")
-        log.flush()
         proc = subprocess.Popen(spec.command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         runs.append({"spec": spec, "proc": proc, "log": log, "log_path": log_path, "guard": None, "seconds": None})
     while any(r["proc"].poll() is None for r in runs):

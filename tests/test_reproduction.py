@@ -209,6 +209,30 @@ def test_report_separates_noise_sets_and_shows_energy_train_accuracy_p_unknown_l
     assert "| moon_rigl | 1 | 0 | 3.0 | 780.0 |" in report
 
 
+def test_an_invocation_killed_with_the_machine_leaves_the_wall_time_unknown_not_short(tmp_path):
+    """The driver records an invocation's time when it ends; one killed with the machine (a
+    restart, SIGKILL) leaves no record, and a sum of the others would look like the whole run."""
+    [spec] = rp.plan_runs("configs/c.py", ["averaged_rigl"], [0], tmp_path)
+    for _ in range(3):  # trained, killed; resumed, killed; evaluated
+        rp.open_train_log(spec).close()
+    rp.record_wall_time(rp.RunOutcome(spec, 0, 196.7))
+    assert rp.unrecorded_invocations(spec.workdir) == 2 and rp.total_wall_time(spec.workdir) is None
+    results = {("averaged_rigl", 0): full_fake_results(0.60, 1.00, (0.62, 0.64), 0.5, (0.66, 0.68), last=(0.59, 0.61, 0.63))}
+    report = rp.reproduction_report("T", [rp.RunOutcome(spec, 0, 196.7)], results, ["averaged_rigl"], 0.9, "dev", "cmd")
+    assert "| averaged_rigl | 0 | 0 | 196.7 | n/a (2 invocations ended without a record) |" in report
+    summary = next(line for line in report.splitlines() if line.startswith("| RigL 90% + weight averaging | 1 |"))
+    assert summary.endswith("| n/a |")  # minutes / run: unknown, not 3.3
+    # the voting table of K-output runs has no p(unknown) columns, and every row the header's width
+    table = report.split("## The unknown output and the voting")[1].strip().splitlines()[:3]
+    assert table[0] == "| method | ACC average | ACC last iterate | mean AUROC average | mean AUROC last iterate |"
+    assert [line.count("|") for line in table] == [6, 6, 6]
+    assert table[2] == "| RigL 90% + weight averaging | 60.00 | 59.00 | 63.00 | 62.00 |"
+    # recorded again: the time is known once every started invocation has its record
+    rp.record_wall_time(rp.RunOutcome(spec, 137, 3000.0))
+    rp.record_wall_time(rp.RunOutcome(spec, 137, 2000.0))
+    assert rp.unrecorded_invocations(spec.workdir) == 0 and rp.total_wall_time(spec.workdir) == pytest.approx(5196.7)
+
+
 def test_every_ablation_and_baseline_is_a_method_with_its_switches(tmp_path):
     tails = {s.method: s.command[5:] for s in rp.plan_runs("c.py", list(rp.METHODS), [0], tmp_path)}
     assert tails["moon_rigl_no_loss"] == ("--config.sparse.method=rigl", "--config.moon.enabled=True",

@@ -21,7 +21,8 @@ CIFAR) do not fill it alone; concurrent processes do, each limited to a share of
 (``XLA_PYTHON_CLIENT_MEM_FRACTION``). A rerun of the same command resumes every unfinished run
 from its checkpoint and re-evaluates the finished ones (``train.py`` is idempotent). Each
 invocation's wall time per run is appended to ``<workdir>/wall_time.jsonl``; the report shows
-the sum.
+the sum, or says which invocations left no record (the driver writes each invocation's command
+to ``train.log`` first, so one killed with the machine is counted).
 
 One module per job: ``methods`` (the catalogue, groups, labels, comparisons), ``workdirs`` (the
 run directories' file names, the wall-time records), ``planning`` (the runs and their configs),
@@ -50,13 +51,15 @@ from moon_jax.reproduction.planning import RunSpec, check_specs, plan_runs, run_
 from moon_jax.reproduction.report import display_command, moon_table, per_set_table, reproduction_report, summary_table
 from moon_jax.reproduction.runner import RunOutcome, child_environment, run_all
 from moon_jax.reproduction.stats import aggregate, is_noise_set, paired_difference, run_metrics, voting_difference
-from moon_jax.reproduction.workdirs import WALL_TIME_FILE, record_wall_time, total_wall_time, wall_time_records
+from moon_jax.reproduction.workdirs import (WALL_TIME_FILE, open_train_log, record_wall_time, total_wall_time,
+                                           unrecorded_invocations, wall_time_records)
 
 __all__ = [
     "ABLATION_METHODS", "BASELINE_METHODS", "CIGL_DROP_RATE", "COMPARISONS", "METHODS", "METHOD_GROUPS",
     "MIXUP_ALPHA", "PAPER_METHODS", "SPARSE_NAMES", "WALL_TIME_FILE", "Method", "Request", "RunOutcome", "RunSpec",
     "aggregate", "check_specs", "child_environment", "claim_checks", "display_command", "expand_methods",
-    "is_noise_set", "method_label", "moon_table", "paired_difference", "per_set_table", "plan_runs",
+    "is_noise_set", "method_label", "moon_table", "open_train_log", "paired_difference", "per_set_table", "plan_runs",
     "record_wall_time", "reproduce", "reproduction_report", "run_all", "run_is_complete", "run_metrics",
-    "spec_config", "summary_table", "total_wall_time", "voting_difference", "wall_time_records",
+    "spec_config", "summary_table", "total_wall_time", "unrecorded_invocations", "voting_difference",
+    "wall_time_records",
 ]

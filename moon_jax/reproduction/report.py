@@ -14,7 +14,7 @@ from moon_jax.reproduction.methods import method_label
 from moon_jax.reproduction.planning import RunSpec
 from moon_jax.reproduction.runner import RunOutcome
 from moon_jax.reproduction.stats import Stat, aggregate, is_noise_set, run_metrics
-from moon_jax.reproduction.workdirs import total_wall_time
+from moon_jax.reproduction.workdirs import total_wall_time, unrecorded_invocations
 
 #: ``{method: {metric: (mean, std, n)}}`` (:func:`~moon_jax.reproduction.stats.aggregate`).
 Stats = Mapping[str, Mapping[str, Stat]]
@@ -67,24 +67,21 @@ def _set_names(stats: Stats, methods: Sequence[str], prefix: str, skip: Sequence
 def moon_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
     """Markdown: for runs with an unknown output or a weight average, the mean p(unknown) on the
     ID test set and each OOD set, and the last iterate's ACC / mean AUROC beside the average's."""
-    sets = _set_names(stats, methods, "p_unknown", ("id",))
-    lines = [
-        "| method | p(unknown) ID | " + " | ".join(f"p(unknown) {n}" for n in sets)
-        + " | ACC average | ACC last iterate | mean AUROC average | mean AUROC last iterate |",
-        "| --- | ---: |" + " ---: |" * len(sets) + " ---: | ---: | ---: | ---: |",
-    ]
-    rows = 0
-    for method in methods:
-        s = stats.get(method, {})
-        if "p_unknown/id" not in s and "last_acc" not in s:
-            continue
-        rows += 1
-        cells = [pm_significant(s[k]) if k in s else "n/a" for k in ["p_unknown/id"] + [f"p_unknown/{n}" for n in sets]]
+    shown = [m for m in methods if "p_unknown/id" in stats.get(m, {}) or "last_acc" in stats.get(m, {})]
+    # p(unknown) columns only when a run has an unknown output
+    unknown_keys = (["p_unknown/id", *(f"p_unknown/{n}" for n in _set_names(stats, methods, "p_unknown", ("id",)))]
+                    if any("p_unknown/id" in stats[m] for m in shown) else [])
+    columns = [f"p(unknown) {'ID' if k == 'p_unknown/id' else k.split('/', 1)[1]}" for k in unknown_keys]
+    columns += ["ACC average", "ACC last iterate", "mean AUROC average", "mean AUROC last iterate"]
+    lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for method in shown:
+        s = stats[method]
+        cells = [pm_significant(s[k]) if k in s else "n/a" for k in unknown_keys]
         average = "last_acc" in s
         cells += [cell(s, "acc") if average else "n/a", cell(s, "last_acc"),
                   cell(s, "auroc/mean") if average else "n/a", cell(s, "last_auroc/mean")]
         lines.append(f"| {method_label(method, sparsity)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) if rows else ""
+    return "\n".join(lines) if shown else ""
 
 
 def unknown_scores_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
@@ -138,7 +135,8 @@ def _summary_note(first: Mapping) -> str:
         f"otherwise). mean AUROC / FPR95: plain mean over {headline_sets}; noise AUROC: mean "
         f"over {noise_sets}, not in the headline; energy: the same means for the energy score. ID positive (OpenOOD v1, "
         "as the MOON reference evaluates). Runs with voting are evaluated as the weight average. Percent except NLL; "
-        "mean ± sample std over seeds; minutes / run: train.py's wall time (resumptions summed, evaluation included)."
+        "mean ± sample std over seeds; minutes / run: train.py's wall time (resumptions summed, evaluation included; "
+        "left out where an invocation ended without a record, see Runs)."
     )
 
 
@@ -174,8 +172,10 @@ def _runs_section(outcomes: Sequence[RunOutcome]) -> list[str]:
              "| method | seed | exit | wall time of this invocation (s) | wall time, all invocations (s) | command |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for o in outcomes:
-        total = total_wall_time(o.spec.workdir)
+        total, lost = total_wall_time(o.spec.workdir), unrecorded_invocations(o.spec.workdir)
         total_cell = f"{total:.1f}" if total is not None else "n/a"
+        if lost:
+            total_cell += f" ({lost} invocation{'s' if lost > 1 else ''} ended without a record)"
         lines.append(f"| {o.spec.method} | {o.spec.seed} | {o.returncode} | {o.seconds:.1f} | {total_cell} | "
                      f"`{display_command(o.spec)}` |")
     lines += ["", "Evaluate again or compare with `python eval.py --compare " + " ".join(str(o.spec.workdir) for o in outcomes) + "`."]

@@ -5,15 +5,13 @@ that they save a checkpoint."""
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import time
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 from moon_jax.reproduction.planning import RunSpec
-from moon_jax.reproduction.workdirs import record_wall_time
+from moon_jax.reproduction.workdirs import open_train_log, record_wall_time
 from moon_jax.training.files import TRAIN_LOG
-from moon_jax.training.run_directory import RunDirectory
 
 
 class RunOutcome(NamedTuple):
@@ -55,10 +53,7 @@ def run_all(
         while pending or running:
             while pending and len(running) < parallel:
                 index, spec = pending.pop(0)
-                spec.workdir.mkdir(parents=True, exist_ok=True)
-                logfile = open(RunDirectory(spec.workdir).train_log_path, "a")
-                logfile.write(f"$ {shlex.join(spec.command)}\n")
-                logfile.flush()
+                logfile = open_train_log(spec)
                 proc = subprocess.Popen(spec.command, cwd=cwd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
                 running[index] = (proc, time.perf_counter(), logfile)
                 log(f"started {spec.method} seed {spec.seed} -> {spec.workdir}/{TRAIN_LOG}")

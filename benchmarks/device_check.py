@@ -421,15 +421,13 @@ def run_guarded(specs, env: dict, seconds: float, grace: float) -> list[dict]:
     still training (it saves a checkpoint and exits 143; a run already evaluating goes on), and at
     the end SIGKILL to what is left. Returns per run: exit status, seconds, what the guard did."""
     from moon_jax.reproduction.workdirs import open_train_log
-    from moon_jax.training.run_directory import RunDirectory
 
     t0 = time.monotonic()
     runs = []
     for spec in specs:
         log = open_train_log(spec)
-        log_path = RunDirectory(spec.workdir).train_log_path
         proc = subprocess.Popen(spec.command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        runs.append({"spec": spec, "proc": proc, "log": log, "log_path": log_path, "guard": None, "seconds": None})
+        runs.append({"spec": spec, "proc": proc, "log": log, "log_path": Path(log.name), "guard": None, "seconds": None})
     while any(r["proc"].poll() is None for r in runs):
         now = time.monotonic() - t0
         for run in (r for r in runs if r["proc"].poll() is None):

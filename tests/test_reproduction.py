@@ -216,7 +216,10 @@ def test_an_invocation_killed_with_the_machine_leaves_the_wall_time_unknown_not_
     for _ in range(3):  # trained, killed; resumed, killed; evaluated
         rp.open_train_log(spec).close()
     rp.record_wall_time(rp.RunOutcome(spec, 0, 196.7))
-    assert rp.unrecorded_invocations(spec.workdir) == 2 and rp.total_wall_time(spec.workdir) is None
+    assert rp.wall_time_summary(spec.workdir) == (None, 2)
+    with open(spec.workdir / "train.log", "a") as log:  # train.py's own output does not count as an invocation
+        log.write("  $ python train.py --workdir=x\n$ a line without a workdir\n$ 'unbalanced --workdir=x\n")
+    assert rp.wall_time_summary(spec.workdir) == (None, 2)
     results = {("averaged_rigl", 0): full_fake_results(0.60, 1.00, (0.62, 0.64), 0.5, (0.66, 0.68), last=(0.59, 0.61, 0.63))}
     report = rp.reproduction_report("T", [rp.RunOutcome(spec, 0, 196.7)], results, ["averaged_rigl"], 0.9, "dev", "cmd")
     assert "| averaged_rigl | 0 | 0 | 196.7 | n/a (2 invocations ended without a record) |" in report
@@ -230,7 +233,7 @@ def test_an_invocation_killed_with_the_machine_leaves_the_wall_time_unknown_not_
     # recorded again: the time is known once every started invocation has its record
     rp.record_wall_time(rp.RunOutcome(spec, 137, 3000.0))
     rp.record_wall_time(rp.RunOutcome(spec, 137, 2000.0))
-    assert rp.unrecorded_invocations(spec.workdir) == 0 and rp.total_wall_time(spec.workdir) == pytest.approx(5196.7)
+    assert rp.wall_time_summary(spec.workdir) == (pytest.approx(5196.7), 0)
 
 
 def test_every_ablation_and_baseline_is_a_method_with_its_switches(tmp_path):
@@ -388,7 +391,7 @@ def test_sigterm_stops_the_runs_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
     assert "| RigL 90% | 1 |" in output.read_text()
     first, second = rp.wall_time_records(root / "rigl_s0")
     assert first == stopped and second["returncode"] == 0
-    assert rp.total_wall_time(root / "rigl_s0") == pytest.approx(first["seconds"] + second["seconds"])
+    assert rp.wall_time_summary(root / "rigl_s0") == (pytest.approx(first["seconds"] + second["seconds"]), 0)
 
 
 @pytest.mark.parametrize("name, steps_per_epoch", [("cifar10_cpu", 40), ("cifar10_cpu_large", 160)])

@@ -51,15 +51,15 @@ from moon_jax.reproduction.planning import RunSpec, check_specs, plan_runs, run_
 from moon_jax.reproduction.report import display_command, moon_table, per_set_table, reproduction_report, summary_table
 from moon_jax.reproduction.runner import RunOutcome, child_environment, run_all
 from moon_jax.reproduction.stats import aggregate, is_noise_set, paired_difference, run_metrics, voting_difference
-from moon_jax.reproduction.workdirs import (WALL_TIME_FILE, open_train_log, record_wall_time, total_wall_time,
-                                           unrecorded_invocations, wall_time_records)
+from moon_jax.reproduction.workdirs import (WALL_TIME_FILE, WallTime, open_train_log, record_wall_time,
+                                           wall_time_records, wall_time_summary)
 
 __all__ = [
     "ABLATION_METHODS", "BASELINE_METHODS", "CIGL_DROP_RATE", "COMPARISONS", "METHODS", "METHOD_GROUPS",
-    "MIXUP_ALPHA", "PAPER_METHODS", "SPARSE_NAMES", "WALL_TIME_FILE", "Method", "Request", "RunOutcome", "RunSpec",
+    "MIXUP_ALPHA", "PAPER_METHODS", "SPARSE_NAMES", "WALL_TIME_FILE", "WallTime", "Method", "Request", "RunOutcome", "RunSpec",
     "aggregate", "check_specs", "child_environment", "claim_checks", "display_command", "expand_methods",
     "is_noise_set", "method_label", "moon_table", "open_train_log", "paired_difference", "per_set_table", "plan_runs",
     "record_wall_time", "reproduce", "reproduction_report", "run_all", "run_is_complete", "run_metrics",
-    "spec_config", "summary_table", "total_wall_time", "unrecorded_invocations", "voting_difference",
-    "wall_time_records",
+    "spec_config", "summary_table", "voting_difference",
+    "wall_time_records", "wall_time_summary",
 ]

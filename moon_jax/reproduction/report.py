@@ -14,7 +14,7 @@ from moon_jax.reproduction.methods import method_label
 from moon_jax.reproduction.planning import RunSpec
 from moon_jax.reproduction.runner import RunOutcome
 from moon_jax.reproduction.stats import Stat, aggregate, is_noise_set, run_metrics
-from moon_jax.reproduction.workdirs import total_wall_time, unrecorded_invocations
+from moon_jax.reproduction.workdirs import WallTime, wall_time_summary
 
 #: ``{method: {metric: (mean, std, n)}}`` (:func:`~moon_jax.reproduction.stats.aggregate`).
 Stats = Mapping[str, Mapping[str, Stat]]
@@ -112,14 +112,13 @@ def per_set_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
     return "\n".join(lines)
 
 
-def _per_run_with_wall_time(outcomes: Sequence[RunOutcome], results: Mapping[tuple[str, int], Mapping]) -> dict:
+def _per_run_with_wall_time(results: Mapping[tuple[str, int], Mapping], wall_times: Mapping[tuple[str, int], WallTime]) -> dict:
     """Each evaluated run's metrics (:func:`~moon_jax.reproduction.stats.run_metrics`) with its
-    total wall time (``wall_s``) where recorded."""
+    total wall time (``wall_s``) where known."""
     per_run = {key: run_metrics(r) for key, r in results.items()}
-    for o in outcomes:
-        seconds = total_wall_time(o.spec.workdir)
-        if (o.spec.method, o.spec.seed) in per_run and seconds is not None:
-            per_run[(o.spec.method, o.spec.seed)]["wall_s"] = seconds
+    for key, wall in wall_times.items():
+        if key in per_run and wall.seconds is not None:
+            per_run[key]["wall_s"] = wall.seconds
     return per_run
 
 
@@ -166,13 +165,13 @@ def _moon_section(stats: Stats, methods: Sequence[str], sparsity: float) -> list
     return lines
 
 
-def _runs_section(outcomes: Sequence[RunOutcome]) -> list[str]:
+def _runs_section(outcomes: Sequence[RunOutcome], wall_times: Mapping[tuple[str, int], WallTime]) -> list[str]:
     """The runs table (exit status, wall times, the exact command) and the eval.py line that compares them."""
     lines = ["", "## Runs", "",
              "| method | seed | exit | wall time of this invocation (s) | wall time, all invocations (s) | command |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for o in outcomes:
-        total, lost = total_wall_time(o.spec.workdir), unrecorded_invocations(o.spec.workdir)
+        total, lost = wall_times[(o.spec.method, o.spec.seed)]
         total_cell = f"{total:.1f}" if total is not None else "n/a"
         if lost:
             total_cell += f" ({lost} invocation{'s' if lost > 1 else ''} ended without a record)"
@@ -196,7 +195,8 @@ def reproduction_report(
 ) -> str:
     """The whole Markdown report (see :mod:`moon_jax.reproduction`). ``scale``: the scale of the
     runs and why it was chosen (e.g. the config file's docstring)."""
-    per_run = _per_run_with_wall_time(outcomes, results)
+    wall_times = {(o.spec.method, o.spec.seed): wall_time_summary(o.spec.workdir) for o in outcomes}
+    per_run = _per_run_with_wall_time(results, wall_times)
     stats = aggregate(per_run)
     scores = {m: f"`{r['primary_score']}`" for (m, _), r in results.items()}
     seeds = sorted({s for _, s in per_run} | {o.spec.seed for o in outcomes})
@@ -216,5 +216,5 @@ def reproduction_report(
     ]
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
-    lines += _runs_section(outcomes)
+    lines += _runs_section(outcomes, wall_times)
     return "\n".join(lines) + "\n"

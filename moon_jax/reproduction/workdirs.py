@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import shlex
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, NamedTuple, Optional
 
 from moon_jax.training.files import WALL_TIME
 from moon_jax.training.run_directory import RunDirectory
@@ -27,7 +27,7 @@ def run_workdir(root, method: str, seed: int) -> Path:
 def open_train_log(spec) -> IO[str]:
     """Opens the run's ``train.log`` (a :class:`~moon_jax.reproduction.planning.RunSpec`'s) for
     appending train.py's output, after a line with the command: one such line per invocation, so
-    that an invocation that ended without a wall-time record is known (:func:`unrecorded_invocations`)."""
+    that an invocation that ended without a wall-time record is known (:func:`wall_time_summary`)."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
     log = open(RunDirectory(spec.workdir).train_log_path, "a")
     log.write(f"{INVOCATION_PREFIX}{shlex.join(spec.command)}\n")
@@ -48,24 +48,39 @@ def wall_time_records(workdir) -> list[dict]:
     return RunDirectory(workdir).read_wall_times()
 
 
-def unrecorded_invocations(workdir) -> int:
-    """How many train.py invocations of a run ended without a wall-time record: those the driver
-    started (its command lines in ``train.log``) less those recorded. The driver records each
-    invocation when it ends, or when it is stopped itself; one killed with the machine (a restart,
-    SIGKILL) leaves none."""
-    path = RunDirectory(workdir).train_log_path
-    if not path.exists():
-        return 0
-    with open(path, errors="replace") as log:
-        started = sum(line.startswith(INVOCATION_PREFIX) for line in log)
-    return max(0, started - len(wall_time_records(workdir)))
+def _is_invocation_line(line: str) -> bool:
+    """Whether a ``train.log`` line is one the driver wrote before starting train.py (see
+    :func:`open_train_log`): the prefix, then a command with a ``--workdir=`` argument; train.py's
+    own output does not count even if a line of it starts the same way."""
+    if not line.startswith(INVOCATION_PREFIX):
+        return False
+    try:
+        words = shlex.split(line[len(INVOCATION_PREFIX):])
+    except ValueError:
+        return False
+    return any(word.startswith("--workdir=") for word in words)
 
 
-def total_wall_time(workdir) -> Optional[float]:
-    """Seconds of every train.py invocation of a run (resumptions summed); None if unknown: no
-    record, or an invocation that left none (:func:`unrecorded_invocations`), whose time a sum of
-    the others would leave out."""
+class WallTime(NamedTuple):
+    """A run's wall time over its train.py invocations: ``seconds`` summed (resumptions included),
+    None when unknown; ``unrecorded``: how many invocations ended without a record."""
+    seconds: Optional[float]
+    unrecorded: int
+
+
+def wall_time_summary(workdir) -> WallTime:
+    """The run's total wall time and how many of its invocations left no record. The driver
+    records each invocation when it ends, or when it is stopped itself; one killed with the machine
+    (a restart, SIGKILL) leaves none, and is found as a command line in ``train.log`` without its
+    record. The total is then None, as it is with no record at all: a sum of the others would look
+    like the whole run."""
     records = wall_time_records(workdir)
-    if not records or unrecorded_invocations(workdir):
-        return None
-    return sum(record["seconds"] for record in records)
+    path = RunDirectory(workdir).train_log_path
+    started = 0
+    if path.exists():
+        with open(path, errors="replace") as log:
+            started = sum(_is_invocation_line(line) for line in log)
+    unrecorded = max(0, started - len(records))
+    if not records or unrecorded:
+        return WallTime(None, unrecorded)
+    return WallTime(sum(record["seconds"] for record in records), 0)

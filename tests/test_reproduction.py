@@ -223,6 +223,9 @@ def test_an_invocation_killed_with_the_machine_leaves_the_wall_time_unknown_not_
     results = {("averaged_rigl", 0): full_fake_results(0.60, 1.00, (0.62, 0.64), 0.5, (0.66, 0.68), last=(0.59, 0.61, 0.63))}
     report = rp.reproduction_report("T", [rp.RunOutcome(spec, 0, 196.7)], results, ["averaged_rigl"], 0.9, "dev", "cmd")
     assert "| averaged_rigl | 0 | 0 | 196.7 | n/a (2 invocations ended without a record) |" in report
+    assert "skipped: not trained" not in report
+    skipped = rp.reproduction_report("T", [rp.RunOutcome(spec, 0, None)], results, ["averaged_rigl"], 0.9, "dev", "cmd")
+    assert "| averaged_rigl | 0 | 0 | skipped | n/a (2 invocations" in skipped and "skipped: not trained" in skipped
     summary = next(line for line in report.splitlines() if line.startswith("| RigL 90% + weight averaging | 1 |"))
     assert summary.endswith("| n/a |")  # minutes / run: unknown, not 3.3
     # the voting table of K-output runs has no p(unknown) columns, and every row the header's width

@@ -90,14 +90,14 @@ def train_runs(
     specs: Sequence[RunSpec], parallel: int, eval_only: bool, log: Callable[[str], None] = print
 ) -> list[RunOutcome]:
     """Trains every run not yet complete (none with ``eval_only``); a skipped run's outcome is
-    exit status 0 in 0 s."""
+    exit status 0 and no wall time."""
     if eval_only:
-        return [RunOutcome(s, 0, 0.0) for s in specs]
+        return [RunOutcome(s, 0, None) for s in specs]
     done = [s for s in specs if run_is_complete(s)]
     for spec in done:
         log(f"already done: {spec.method} seed {spec.seed} ({spec.workdir})")
     ran = iter(run_all([s for s in specs if s not in done], parallel, log=log))
-    return [RunOutcome(s, 0, 0.0) if s in done else next(ran) for s in specs]
+    return [RunOutcome(s, 0, None) if s in done else next(ran) for s in specs]
 
 
 def evaluate_runs(outcomes: Sequence[RunOutcome], plots: bool) -> tuple[dict, list[RunOutcome]]:

@@ -168,15 +168,19 @@ def _moon_section(stats: Stats, methods: Sequence[str], sparsity: float) -> list
 def _runs_section(outcomes: Sequence[RunOutcome], wall_times: Mapping[tuple[str, int], WallTime]) -> list[str]:
     """The runs table (exit status, wall times, the exact command) and the eval.py line that compares them."""
     lines = ["", "## Runs", "",
-             "| method | seed | exit | wall time of this invocation (s) | wall time, all invocations (s) | command |",
+             "| method | seed | exit | wall time in this command (s) | wall time, all invocations (s) | command |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for o in outcomes:
         total, lost = wall_times[(o.spec.method, o.spec.seed)]
+        this_cell = f"{o.seconds:.1f}" if o.seconds is not None else "skipped"
         total_cell = f"{total:.1f}" if total is not None else "n/a"
         if lost:
             total_cell += f" ({lost} invocation{'s' if lost > 1 else ''} ended without a record)"
-        lines.append(f"| {o.spec.method} | {o.spec.seed} | {o.returncode} | {o.seconds:.1f} | {total_cell} | "
+        lines.append(f"| {o.spec.method} | {o.spec.seed} | {o.returncode} | {this_cell} | {total_cell} | "
                      f"`{display_command(o.spec)}` |")
+    if any(o.seconds is None for o in outcomes):
+        lines += ["", "skipped: not trained by the command that made this report (finished before it, or "
+                      "`--eval_only`); its time is under \"all invocations\"."]
     lines += ["", "Evaluate again or compare with `python eval.py --compare " + " ".join(str(o.spec.workdir) for o in outcomes) + "`."]
     return lines
 

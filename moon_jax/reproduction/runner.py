@@ -15,11 +15,13 @@ from moon_jax.training.files import TRAIN_LOG
 
 
 class RunOutcome(NamedTuple):
-    """What running a :class:`RunSpec` gave: train.py's exit status and its wall time."""
+    """What running a :class:`RunSpec` gave: train.py's exit status and its wall time; ``seconds``
+    is None for a run not trained by this invocation of the driver (finished earlier, or
+    ``--eval_only``)."""
 
     spec: RunSpec
     returncode: int
-    seconds: float
+    seconds: Optional[float]
 
 
 def child_environment(parallel: int, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:

@@ -547,6 +547,7 @@ def comparison_report(comparison: dict, device: str, invocation: str) -> str:
     """The reproduction report (``reproduce.py``'s) of the runs that finished and were evaluated."""
     from moon_jax.evaluation.checkpoint_eval import load_run_config
     from moon_jax.reproduction.driver import config_docstring
+    from moon_jax.reproduction.methods import sparsity_level
     from moon_jax.reproduction.report import reproduction_report
     from moon_jax.reproduction.runner import RunOutcome
     from moon_jax.training.run_directory import RunDirectory
@@ -560,10 +561,10 @@ def comparison_report(comparison: dict, device: str, invocation: str) -> str:
     if not results:
         return "No comparison run finished its evaluation: see device_check.md for how far each got.\n"
     first_run = next(r["spec"].workdir for r in comparison["outcomes"] if (r["spec"].method, r["spec"].seed) in results)
-    sparsity = load_run_config(first_run).sparse.sparsity
+    level = sparsity_level(load_run_config(first_run).sparse)
     return reproduction_report(
         f"Device check: {COMPARISON_CONFIG}, {comparison['plan']['epochs']} epochs", outcomes, results,
-        COMPARISON_METHODS, sparsity, device, invocation, scale=config_docstring(str(REPO / COMPARISON_CONFIG)))
+        COMPARISON_METHODS, level, device, invocation, scale=config_docstring(str(REPO / COMPARISON_CONFIG)))
 
 
 def device_line(info: dict) -> str:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -136,7 +137,7 @@ def test_claims_are_reported_whichever_way_they_go():
         ("set", 0): fake_results(0.94, 0.03, 0.25, (0.85, 0.91), (0.40, 0.20)),
         ("moon_set", 0): fake_results(0.92, 0.05, 0.3, (0.84, 0.90), (0.45, 0.25), primary="moon_msp"),
     }
-    lines = rp.claim_checks({k: rp.run_metrics(r) for k, r in results.items()}, 0.9)
+    lines = rp.claim_checks({k: rp.run_metrics(r) for k, r in results.items()}, "90%")
     text = "\n".join(lines)
     assert "(RigL 90% - dense, mean AUROC): -5.00 points over 1 seed(s): holds." in text
     assert ("MOON + RigL 90% - RigL 90%: mean AUROC 4.00 points (higher; paper: several points higher), "
@@ -164,7 +165,7 @@ def test_report_tables_hold_the_runs_numbers(tmp_path):
         ("rigl", 0): fake_results(0.94, 0.04, 0.25, (0.86, 0.90), (0.40, 0.20)),
         ("rigl", 1): fake_results(0.94, 0.04, 0.25, (0.86, 0.90), (0.40, 0.20)),
     }
-    report = rp.reproduction_report("T", outcomes, results, ["dense", "rigl"], 0.9, "dev", "cmd", ["a note"], date="2026-01-02")
+    report = rp.reproduction_report("T", outcomes, results, ["dense", "rigl"], "90%", "dev", "cmd", ["a note"], date="2026-01-02")
     assert "Measured 2026-01-02 on dev; seeds 0, 1. Made by `cmd`." in report
     assert ("| dense | 2 | n/a | 96.00 ± 1.41 | 3.00 ± 1.41 | 0.2500 ± 0.0707 | `msp` | 94.00 ± 1.41 | 17.50 ± 3.54 | "
             "n/a | n/a | n/a | n/a |") in report
@@ -192,7 +193,7 @@ def test_report_separates_noise_sets_and_shows_energy_train_accuracy_p_unknown_l
         ("moon_rigl", 1): full_fake_results(0.81, 1.00, (0.76, 0.84), 0.60, (0.70, 0.80), (0.04, 0.12, 0.22, 1.8e-5),
                                             last=(0.77, 0.72, 0.82)),
     }
-    report = rp.reproduction_report("T", outcomes, results, ["rigl", "moon_rigl"], 0.9, "dev", "cmd",
+    report = rp.reproduction_report("T", outcomes, results, ["rigl", "moon_rigl"], "90%", "dev", "cmd",
                                     date="2026-01-02", scale="Width 8, 10,000 images: it fits its training set.")
     assert "## Scale and why\n\nWidth 8, 10,000 images: it fits its training set." in report
     # headline mean over tin_resize and mnist only; the noise set in its own column; 10 / 11 / 12 / 13 minutes
@@ -221,10 +222,10 @@ def test_an_invocation_killed_with_the_machine_leaves_the_wall_time_unknown_not_
         log.write("  $ python train.py --workdir=x\n$ a line without a workdir\n$ 'unbalanced --workdir=x\n")
     assert rp.wall_time_summary(spec.workdir) == (None, 2)
     results = {("averaged_rigl", 0): full_fake_results(0.60, 1.00, (0.62, 0.64), 0.5, (0.66, 0.68), last=(0.59, 0.61, 0.63))}
-    report = rp.reproduction_report("T", [rp.RunOutcome(spec, 0, 196.7)], results, ["averaged_rigl"], 0.9, "dev", "cmd")
+    report = rp.reproduction_report("T", [rp.RunOutcome(spec, 0, 196.7)], results, ["averaged_rigl"], "90%", "dev", "cmd")
     assert "| averaged_rigl | 0 | 0 | 196.7 | n/a (2 invocations ended without a record) |" in report
     assert "skipped: not trained" not in report
-    skipped = rp.reproduction_report("T", [rp.RunOutcome(spec, 0, None)], results, ["averaged_rigl"], 0.9, "dev", "cmd")
+    skipped = rp.reproduction_report("T", [rp.RunOutcome(spec, 0, None)], results, ["averaged_rigl"], "90%", "dev", "cmd")
     assert "| averaged_rigl | 0 | 0 | skipped | n/a (2 invocations" in skipped and "skipped: not trained" in skipped
     summary = next(line for line in report.splitlines() if line.startswith("| RigL 90% + weight averaging | 1 |"))
     assert summary.endswith("| n/a |")  # minutes / run: unknown, not 3.3
@@ -249,8 +250,11 @@ def test_every_ablation_and_baseline_is_a_method_with_its_switches(tmp_path):
     assert tails["cigl_rigl"][-3:] == ("--config.moon.head=none", "--config.moon.loss_weighting=none",
                                        "--config.moon.dropconnect_rate=0.01")
     assert tails["moon_rigl_reference_head"][-1] == "--config.moon.head=reference_k"
-    assert rp.method_label("moon_rigl_no_voting", 0.9) == "MOON + RigL 90%, no voting"
-    assert rp.method_label("cigl_rigl", 0.8) == "CigL + RigL 80%"
+    assert rp.method_label("moon_rigl_no_voting", "90%") == "MOON + RigL 90%, no voting"
+    assert rp.method_label("cigl_rigl", "80%") == "CigL + RigL 80%"
+    # each algorithm alone has its MOON variant, and the claims pair them
+    assert {n for n, m in rp.METHODS.items() if m.label == "{sparse}" and m.sparse_method != "dense"} == set(
+        rp.SOLO_SPARSE_METHODS) and all(f"moon_{n}" in rp.METHODS for n in rp.SOLO_SPARSE_METHODS)
     # every method's config is valid on the default job
     rp.check_specs(rp.plan_runs(DEFAULT_CONFIG, list(rp.METHODS), [0], tmp_path))
     assert rp.expand_methods("rigl,ablations,rigl") == (["rigl", *rp.ABLATION_METHODS], {})
@@ -271,7 +275,7 @@ def test_every_ablation_and_baseline_is_a_method_with_its_switches(tmp_path):
 def test_ablation_comparisons_are_paired_differences_with_the_paper_claim():
     per_run = {("moon_rigl", 0): {"auroc/mean": 0.80, "acc": 0.9, "ece": 0.02},
                ("moon_rigl_no_voting", 0): {"auroc/mean": 0.83, "acc": 0.9, "ece": 0.03}}
-    text = "\n".join(rp.claim_checks(per_run, 0.9))
+    text = "\n".join(rp.claim_checks(per_run, "90%"))
     assert ("- MOON + RigL 90% - MOON + RigL 90%, no voting: mean AUROC -3.00 points (not higher), ACC 0.00, "
             "ECE -1.00; 1 paired seed(s). Paper: the voting helps (Fig. 5).") in text
 
@@ -288,7 +292,7 @@ def test_voting_is_measured_within_the_same_runs_and_one_seed_comparisons_get_th
     diff = rp.voting_difference(per_run, "moon_rigl", "auroc/mean")  # +0.01, 0.00, -0.02
     assert diff[0] == pytest.approx(-0.01 / 3) and diff[1] == pytest.approx(0.01527525, rel=1e-6) and diff[2] == 3
     assert rp.voting_difference(per_run, "rigl", "acc") is None  # no last iterate recorded
-    text = "\n".join(rp.claim_checks(per_run, 0.9))
+    text = "\n".join(rp.claim_checks(per_run, "90%"))
     assert ("- The voting within the same runs (MOON + RigL 90%: weight average - last iterate): mean AUROC -0.33 ± 1.53 "
             "points (not higher, within seed noise), ACC 1.00 ± 1.00, within seed noise, ECE -1.00 ± 0.00; 3 seed(s).") in text
     assert "3 seed(s). Paper: the voting helps (Fig. 5)." in text  # MOON's voting is the paper's Figure 5
@@ -304,7 +308,7 @@ def test_voting_is_measured_within_the_same_runs_and_one_seed_comparisons_get_th
     assert rp.paired_difference(per_run, "moon_rigl", "rigl", "acc", baseline_metric="last_acc") is None
     per_run[("cigl_rigl", 0)] = {"auroc/mean": 0.78, "last_auroc/mean": 0.76, "acc": 0.6, "last_acc": 0.59,
                                  "ece": 0.2, "last_ece": 0.21}
-    cigl = [line for line in rp.claim_checks(per_run, 0.9) if "(CigL + RigL 90%: weight average" in line]
+    cigl = [line for line in rp.claim_checks(per_run, "90%") if "(CigL + RigL 90%: weight average" in line]
     assert cigl == ["- The voting within the same runs (CigL + RigL 90%: weight average - last iterate): mean AUROC "
                     "2.00 points (higher), ACC 1.00, ECE -1.00; 1 seed(s)."]  # CigL's averaging: no Fig. 5
     # the one-seed ablation is put against how much MOON + RigL - RigL moves between seeds: 4, -7, -3 points
@@ -312,6 +316,27 @@ def test_voting_is_measured_within_the_same_runs_and_one_seed_comparisons_get_th
             "ECE -2.00; 1 paired seed(s).") in text
     assert text.endswith("varies between seeds by a std of 5.57 points of mean AUROC, 1.00 of ACC and 0.00 of ECE "
                          "(3 paired seeds).")
+
+
+def test_tables_name_the_mask_structure_and_every_algorithm_gets_its_moon_claim():
+    sparse = lambda structure, distribution="erk": SimpleNamespace(  # noqa: E731
+        sparsity=0.9, structure=structure, distribution=distribution)
+    assert rp.sparsity_level(sparse("unstructured")) == "90%"
+    assert rp.sparsity_level(sparse("nm_2,4")) == "2:4 (ERK 90% plan)"
+    assert rp.sparsity_level(sparse("1:8", "uniform")) == "1:8 (uniform 90% plan)"
+    assert rp.sparsity_level(sparse("block_4,2")) == "90% in 4x2 blocks"
+    assert rp.sparsity_level(sparse("channel")) == "90% by output channel"
+    assert rp.method_label("moon_rigl", rp.sparsity_level(sparse("nm_2,4"))) == "MOON + RigL 2:4 (ERK 90% plan)"
+    # a dense-to-sparse method and its MOON variant get the paper's main comparison, as RigL does
+    per_run = {}
+    for seed, (base, moon) in enumerate([(0.60, 0.62), (0.61, 0.62), (0.62, 0.66)]):
+        per_run[("gmp", seed)] = {"auroc/mean": base, "fpr95/mean": 0.9, "acc": 0.6, "ece": 0.20}
+        per_run[("moon_gmp", seed)] = {"auroc/mean": moon, "fpr95/mean": 0.9, "acc": 0.6, "ece": 0.15}
+    lines = rp.claim_checks(per_run, "90%")
+    line = lines[0]
+    assert not any("no spread of its own" in x for x in lines)  # every comparison here has its three seeds
+    assert line.startswith("- MOON + GMP 90% - GMP 90%: mean AUROC 2.33 ± 1.53 points (higher; paper: ")
+    assert line.endswith("ECE -5.00 ± 0.00 (lower); 3 paired seed(s).")
 
 
 def test_a_mean_that_rounds_to_zero_prints_without_a_sign():

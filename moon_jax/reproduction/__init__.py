@@ -45,7 +45,9 @@ from moon_jax.reproduction.methods import (
     SPARSE_NAMES,
     Method,
     expand_methods,
+    SOLO_SPARSE_METHODS,
     method_label,
+    sparsity_level,
 )
 from moon_jax.reproduction.planning import RunSpec, check_specs, plan_runs, run_is_complete, spec_config
 from moon_jax.reproduction.report import display_command, moon_table, per_set_table, reproduction_report, summary_table
@@ -56,10 +58,10 @@ from moon_jax.reproduction.workdirs import (WALL_TIME_FILE, WallTime, open_train
 
 __all__ = [
     "ABLATION_METHODS", "BASELINE_METHODS", "CIGL_DROP_RATE", "COMPARISONS", "METHODS", "METHOD_GROUPS",
-    "MIXUP_ALPHA", "PAPER_METHODS", "SPARSE_NAMES", "WALL_TIME_FILE", "WallTime", "Method", "Request", "RunOutcome", "RunSpec",
+    "MIXUP_ALPHA", "PAPER_METHODS", "SOLO_SPARSE_METHODS", "SPARSE_NAMES", "WALL_TIME_FILE", "WallTime", "Method", "Request", "RunOutcome", "RunSpec",
     "aggregate", "check_specs", "child_environment", "claim_checks", "display_command", "expand_methods",
     "is_noise_set", "method_label", "moon_table", "open_train_log", "paired_difference", "per_set_table", "plan_runs",
     "record_wall_time", "reproduce", "reproduction_report", "run_all", "run_is_complete", "run_metrics",
-    "spec_config", "summary_table", "voting_difference",
+    "sparsity_level", "spec_config", "summary_table", "voting_difference",
     "wall_time_records", "wall_time_summary",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from moon_jax.reproduction.formatting import pm
-from moon_jax.reproduction.methods import COMPARISONS, method_label
+from moon_jax.reproduction.methods import COMPARISONS, SOLO_SPARSE_METHODS, method_label
 from moon_jax.reproduction.stats import PerRun, Stat, beyond_seed_noise, paired_difference, voting_difference
 
 
@@ -29,11 +29,11 @@ def _metric_phrase(d_auroc: Stat, d_acc: Stat, d_ece: Stat, ece_verdict: bool = 
             f"ACC {pm(d_acc)}{_noise_note(d_acc)}, ECE {pm(d_ece)}{ece_note}")
 
 
-def _seed_spread_line(per_run: PerRun, sparsity: float) -> Optional[str]:
+def _seed_spread_line(per_run: PerRun, level: str) -> Optional[str]:
     """A bullet giving one-seed comparisons their scale: how much the paired difference
     ``moon_<x> - <x>`` (the one with the most seeds) moves between seeds. None without one."""
     methods = {m for m, _ in per_run}
-    pairs = [(f"moon_{b}", b) for b in ("rigl", "set", "static") if b in methods and f"moon_{b}" in methods]
+    pairs = [(f"moon_{b}", b) for b in SOLO_SPARSE_METHODS if b in methods and f"moon_{b}" in methods]
     diffs = [(moon, base, {k: paired_difference(per_run, moon, base, k) for k in ("auroc/mean", "acc", "ece")})
              for moon, base in pairs]
     diffs = [d for d in diffs if None not in d[2].values() and d[2]["auroc/mean"][2] > 1]
@@ -41,12 +41,12 @@ def _seed_spread_line(per_run: PerRun, sparsity: float) -> Optional[str]:
         return None
     moon, base, d = max(diffs, key=lambda item: item[2]["auroc/mean"][2])
     std = lambda key: f"{100 * d[key][1]:.2f}"  # noqa: E731
-    return (f"- A comparison over one seed has no spread of its own. For scale: {method_label(moon, sparsity)} - "
-            f"{method_label(base, sparsity)} varies between seeds by a std of {std('auroc/mean')} points of mean AUROC, "
+    return (f"- A comparison over one seed has no spread of its own. For scale: {method_label(moon, level)} - "
+            f"{method_label(base, level)} varies between seeds by a std of {std('auroc/mean')} points of mean AUROC, "
             f"{std('acc')} of ACC and {std('ece')} of ECE ({d['auroc/mean'][2]} paired seeds).")
 
 
-def _sparse_claim_lines(per_run: PerRun, sparsity: float, sparse_method: str, methods: set) -> list[str]:
+def _sparse_claim_lines(per_run: PerRun, level: str, sparse_method: str, methods: set) -> list[str]:
     """The main claims for one sparse method: sparse - dense, MOON + sparse - sparse, and MOON's
     last iterate - sparse (what the loss does without the voting)."""
     lines = []
@@ -55,7 +55,7 @@ def _sparse_claim_lines(per_run: PerRun, sparsity: float, sparse_method: str, me
         if diff is not None:
             verdict = ("holds" if diff[0] < 0 else "does not hold") + _noise_note(diff)
             lines.append(
-                f"- Sparse training lowers OOD detection ({method_label(sparse_method, sparsity)} - dense, mean AUROC): "
+                f"- Sparse training lowers OOD detection ({method_label(sparse_method, level)} - dense, mean AUROC): "
                 f"{pm(diff)} points over {diff[2]} seed(s): {verdict}."
             )
     moon = f"moon_{sparse_method}"
@@ -66,7 +66,7 @@ def _sparse_claim_lines(per_run: PerRun, sparsity: float, sparse_method: str, me
         d_ece = paired_difference(per_run, moon, sparse_method, "ece")
         if None in (d_auroc, d_fpr, d_acc, d_ece):
             return lines
-        label, base = method_label(moon, sparsity), method_label(sparse_method, sparsity)
+        label, base = method_label(moon, level), method_label(sparse_method, level)
         lines.append(
             f"- {label} - {base}: mean AUROC {pm(d_auroc)} points ({_direction(d_auroc)}; "
             f"paper: several points higher), FPR95 {pm(d_fpr)}, "
@@ -84,7 +84,7 @@ def _sparse_claim_lines(per_run: PerRun, sparsity: float, sparse_method: str, me
     return lines
 
 
-def _comparison_lines(per_run: PerRun, sparsity: float, methods: set) -> list[str]:
+def _comparison_lines(per_run: PerRun, level: str, methods: set) -> list[str]:
     """The ablations and baselines (:data:`~moon_jax.reproduction.methods.COMPARISONS`) as paired
     differences, each with what the paper says."""
     lines = []
@@ -97,13 +97,13 @@ def _comparison_lines(per_run: PerRun, sparsity: float, methods: set) -> list[st
         if None in (d_auroc, d_acc, d_ece):
             continue
         lines.append(
-            f"- {method_label(method, sparsity)} - {method_label(baseline, sparsity)}: "
+            f"- {method_label(method, level)} - {method_label(baseline, level)}: "
             f"{_metric_phrase(d_auroc, d_acc, d_ece)}; {d_auroc[2]} paired seed(s). Paper: {claim}."
         )
     return lines
 
 
-def _voting_lines(per_run: PerRun, sparsity: float, methods: set) -> list[str]:
+def _voting_lines(per_run: PerRun, level: str, methods: set) -> list[str]:
     """What the voting adds within the same runs (weight average - last iterate), per method."""
     lines = []
     for method in sorted(methods):
@@ -111,18 +111,19 @@ def _voting_lines(per_run: PerRun, sparsity: float, methods: set) -> list[str]:
         if None in (d_auroc, d_acc, d_ece):
             continue
         lines.append(
-            f"- The voting within the same runs ({method_label(method, sparsity)}: weight average - last iterate): "
+            f"- The voting within the same runs ({method_label(method, level)}: weight average - last iterate): "
             f"{_metric_phrase(d_auroc, d_acc, d_ece)}; {d_auroc[2]} seed(s)."
             + (" Paper: the voting helps (Fig. 5)." if method.startswith("moon_") else "")
         )
     return lines
 
 
-def claim_checks(per_run: PerRun, sparsity: float) -> list[str]:
+def claim_checks(per_run: PerRun, level: str) -> list[str]:
     """The paper's claims, each as one Markdown bullet with the measured paired differences."""
     methods = {m for m, _ in per_run}
-    lines = [line for sparse_method in ("rigl", "set", "static")
-             for line in _sparse_claim_lines(per_run, sparsity, sparse_method, methods)]
-    lines += _comparison_lines(per_run, sparsity, methods) + _voting_lines(per_run, sparsity, methods)
-    spread = _seed_spread_line(per_run, sparsity)
+    lines = [line for sparse_method in SOLO_SPARSE_METHODS
+             for line in _sparse_claim_lines(per_run, level, sparse_method, methods)]
+    lines += _comparison_lines(per_run, level, methods) + _voting_lines(per_run, level, methods)
+    one_seed_method = any(sum(m == method for m, _ in per_run) == 1 for method in methods)
+    spread = _seed_spread_line(per_run, level) if one_seed_method else None  # scale for one-seed comparisons
     return lines + [spread] if lines and spread else lines

@@ -16,6 +16,7 @@ from moon_jax.evaluation.checkpoint_eval import load_run_config
 from moon_jax.evaluation.compare import load_or_evaluate
 from moon_jax.training.checkpoint import CheckpointError
 from moon_jax.training.config import ConfigError
+from moon_jax.reproduction.methods import sparsity_level
 from moon_jax.reproduction.planning import RunSpec, check_specs, plan_runs, run_is_complete
 from moon_jax.reproduction.report import reproduction_report
 from moon_jax.reproduction.runner import RunOutcome, run_all
@@ -148,7 +149,7 @@ def reproduce(request: Request, train_script: str = "train.py") -> int:
         return 1
     config = load_run_config(next(o.spec.workdir for o in outcomes if (o.spec.method, o.spec.seed) in results))
     report = reproduction_report(
-        request.title or _default_title(config), outcomes, results, request.methods, config.sparse.sparsity,
+        request.title or _default_title(config), outcomes, results, request.methods, sparsity_level(config.sparse),
         device_description(), request.invocation, _report_notes(config, request.notes, failed),
         scale=config_docstring(request.config))
     output = Path(request.output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from moon_jax.sparse.algorithms import PRUNING_METHODS
+from moon_jax.sparse.structure import parse_structure
 
 
 class Method(NamedTuple):
@@ -78,6 +79,8 @@ METHODS: dict[str, Method] = {
 #: Pruning from dense and its variants (``moon_jax.sparse.ALGORITHMS``), each with and without MOON.
 METHODS.update({name: Method("{sparse}", name, _NO_MOON) for name in PRUNING_METHODS})
 METHODS.update({f"moon_{name}": Method("MOON + {sparse}", name, _MOON) for name in PRUNING_METHODS})
+#: Each sparse algorithm alone, without MOON (the paper's first); ``moon_<name>`` is the same with MOON.
+SOLO_SPARSE_METHODS = ("rigl", "set", "static") + tuple(PRUNING_METHODS)
 PAPER_METHODS = ("dense", "rigl", "moon_rigl", "set", "moon_set")
 ABLATION_METHODS = ("moon_rigl_no_loss", "moon_rigl_fixed_alpha", "moon_rigl_no_voting")
 BASELINE_METHODS = ("mixup_rigl", "cigl_rigl")
@@ -117,10 +120,28 @@ COMPARISONS = (
 )
 
 
-def method_label(method: str, sparsity: float) -> str:
-    """``"MOON + RigL 90%"`` for ``"moon_rigl"`` at 0.9; ``"dense"`` for ``"dense"``."""
+def sparsity_level(sparse) -> str:
+    """How sparse a run's masks are (``sparse``: its config's ``sparse`` section), as the tables
+    name it after the algorithm: ``"90%"``; with a structure ``"2:4 (ERK 90% plan)"`` (an N:M
+    layer is exactly N/M dense, the plan only says which layers are sparse: see
+    :mod:`moon_jax.sparse.structure`), ``"90% in 4x4 blocks"`` or ``"90% by output channel"``."""
+    shape = parse_structure(sparse.structure)
+    percent = f"{100 * sparse.sparsity:g}%"
+    if shape.kind == "nm":
+        plan = sparse.distribution.upper() if sparse.distribution in ("erk", "er") else sparse.distribution
+        return f"{shape.n}:{shape.m} ({plan} {percent} plan)"
+    if shape.kind == "block":
+        return f"{percent} in {shape.block[0]}x{shape.block[1]} blocks"
+    if shape.kind == "channel":
+        return f"{percent} by output channel"
+    return percent
+
+
+def method_label(method: str, level: str) -> str:
+    """``"MOON + RigL 90%"`` for ``"moon_rigl"`` at level ``"90%"`` (:func:`sparsity_level`);
+    ``"dense"`` for ``"dense"``."""
     spec = METHODS[method]
-    base = "dense" if spec.sparse_method == "dense" else f"{SPARSE_NAMES[spec.sparse_method]} {100 * sparsity:g}%"
+    base = "dense" if spec.sparse_method == "dense" else f"{SPARSE_NAMES[spec.sparse_method]} {level}"
     return spec.label.format(sparse=base)
 
 

@@ -28,7 +28,7 @@ def display_command(spec: RunSpec) -> str:
 
 
 def summary_table(
-    stats: Stats, methods: Sequence[str], sparsity: float, scores: Optional[Mapping[str, str]] = None
+    stats: Stats, methods: Sequence[str], level: str, scores: Optional[Mapping[str, str]] = None
 ) -> str:
     """Markdown: one row per method (mean ± std over seeds): training accuracy, ACC / ECE / NLL,
     the primary score's mean AUROC / FPR95 over the non-noise OOD sets, its noise-set AUROC, the
@@ -44,7 +44,7 @@ def summary_table(
             continue
         s = stats[method]
         lines.append(
-            f"| {method_label(method, sparsity)} | {s['acc'][2]} | {cell(s, 'train_acc')} | {pm(s['acc'])} | "
+            f"| {method_label(method, level)} | {s['acc'][2]} | {cell(s, 'train_acc')} | {pm(s['acc'])} | "
             f"{pm(s['ece'])} | {pm(s['nll'], 1.0, 4)} | {scores.get(method, '')} | {cell(s, 'auroc/mean')} | "
             f"{cell(s, 'fpr95/mean')} | {cell(s, 'auroc/noise')} | {cell(s, 'energy_auroc/mean')} | "
             f"{cell(s, 'energy_fpr95/mean')} | {cell(s, 'wall_s', 1 / 60, 1)} |"
@@ -64,7 +64,7 @@ def _set_names(stats: Stats, methods: Sequence[str], prefix: str, skip: Sequence
     return sets
 
 
-def moon_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
+def moon_table(stats: Stats, methods: Sequence[str], level: str) -> str:
     """Markdown: for runs with an unknown output or a weight average, the mean p(unknown) on the
     ID test set and each OOD set, and the last iterate's ACC / mean AUROC beside the average's."""
     shown = [m for m in methods if "p_unknown/id" in stats.get(m, {}) or "last_acc" in stats.get(m, {})]
@@ -80,11 +80,11 @@ def moon_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
         average = "last_acc" in s
         cells += [cell(s, "acc") if average else "n/a", cell(s, "last_acc"),
                   cell(s, "auroc/mean") if average else "n/a", cell(s, "last_auroc/mean")]
-        lines.append(f"| {method_label(method, sparsity)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method_label(method, level)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if shown else ""
 
 
-def unknown_scores_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
+def unknown_scores_table(stats: Stats, methods: Sequence[str], level: str) -> str:
     """Markdown: mean AUROC / FPR95 of ``moon_msp`` (the primary score of a K+1 head) and of
     ``known_probability`` for the runs that recorded the latter; "" when none did."""
     lines = ["| method | moon_msp AUROC | moon_msp FPR95 | known_probability AUROC | known_probability FPR95 |",
@@ -92,12 +92,12 @@ def unknown_scores_table(stats: Stats, methods: Sequence[str], sparsity: float) 
     rows = [m for m in methods if "known_probability_auroc/mean" in stats.get(m, {})]
     for method in rows:
         s = stats[method]
-        lines.append(f"| {method_label(method, sparsity)} | {cell(s, 'auroc/mean')} | {cell(s, 'fpr95/mean')} | "
+        lines.append(f"| {method_label(method, level)} | {cell(s, 'auroc/mean')} | {cell(s, 'fpr95/mean')} | "
                      f"{cell(s, 'known_probability_auroc/mean')} | {cell(s, 'known_probability_fpr95/mean')} |")
     return "\n".join(lines) if rows else ""
 
 
-def per_set_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
+def per_set_table(stats: Stats, methods: Sequence[str], level: str) -> str:
     """Markdown: one row per method, AUROC / FPR95 for every OOD set (mean ± std over seeds)."""
     sets = _set_names(stats, methods, "auroc", ("mean", "noise"))
     sets.sort(key=is_noise_set)  # noise sets last
@@ -108,7 +108,7 @@ def per_set_table(stats: Stats, methods: Sequence[str], sparsity: float) -> str:
             continue
         s = stats[method]
         cells = [f"{pm(s[f'auroc/{n}'])} / {pm(s[f'fpr95/{n}'])}" if f"auroc/{n}" in s else "n/a" for n in sets]
-        lines.append(f"| {method_label(method, sparsity)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method_label(method, level)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -139,18 +139,18 @@ def _summary_note(first: Mapping) -> str:
     )
 
 
-def _moon_section(stats: Stats, methods: Sequence[str], sparsity: float) -> list[str]:
+def _moon_section(stats: Stats, methods: Sequence[str], level: str) -> list[str]:
     """The unknown output and the voting (runs with a K+1 head or a weight average), and a note on
     the reference's K-output head when it ran; no lines without such runs."""
     lines = []
-    moon_part = moon_table(stats, methods, sparsity)
+    moon_part = moon_table(stats, methods, level)
     if moon_part:
         lines += [
             "", "## The unknown output and the voting", "", moon_part, "",
             "p(unknown): mean softmax probability of the K+1-th output, percent, 2 significant digits (runs with a K+1 head). Last iterate: the "
             "final weights with their own BatchNorm statistics, primary score only (what the voting adds).",
         ]
-    scores_part = unknown_scores_table(stats, methods, sparsity)
+    scores_part = unknown_scores_table(stats, methods, level)
     if scores_part:
         lines += [
             "", "AUROC of the two scores that read the unknown output (mean over the non-noise OOD sets): `moon_msp` "
@@ -190,7 +190,7 @@ def reproduction_report(
     outcomes: Sequence[RunOutcome],
     results: Mapping[tuple[str, int], Mapping],
     methods: Sequence[str],
-    sparsity: float,
+    level: str,
     device: str,
     invocation: str,
     notes: Sequence[str] = (),
@@ -210,13 +210,13 @@ def reproduction_report(
     if scale:
         lines += ["", "## Scale and why", "", scale.strip()]
     lines += [
-        "", "## Summary", "", summary_table(stats, methods, sparsity, scores), "", _summary_note(first),
-        "", "## Per OOD set", "", per_set_table(stats, methods, sparsity), "",
+        "", "## Summary", "", summary_table(stats, methods, level, scores), "", _summary_note(first),
+        "", "## Per OOD set", "", per_set_table(stats, methods, level), "",
         "AUROC / FPR95 of the primary score per set.",
-        *_moon_section(stats, methods, sparsity),
+        *_moon_section(stats, methods, level),
         *(["", factorial_section(per_run)] if factorial_section(per_run) else []),
         "", "## The paper's claims, as measured", "",
-        *(claim_checks(per_run, sparsity) or ["- (needs dense and the sparse methods with and without MOON)"]),
+        *(claim_checks(per_run, level) or ["- (needs dense and the sparse methods with and without MOON)"]),
     ]
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]

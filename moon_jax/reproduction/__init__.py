@@ -42,10 +42,10 @@ from moon_jax.reproduction.methods import (
     METHODS,
     MIXUP_ALPHA,
     PAPER_METHODS,
+    SOLO_SPARSE_METHODS,
     SPARSE_NAMES,
     Method,
     expand_methods,
-    SOLO_SPARSE_METHODS,
     method_label,
     sparsity_level,
 )

@@ -2,6 +2,7 @@
 the measured paired differences (mean ± std over seeds) and the verdict whichever way it goes."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Optional
 
 from moon_jax.reproduction.formatting import pm
@@ -124,6 +125,6 @@ def claim_checks(per_run: PerRun, level: str) -> list[str]:
     lines = [line for sparse_method in SOLO_SPARSE_METHODS
              for line in _sparse_claim_lines(per_run, level, sparse_method, methods)]
     lines += _comparison_lines(per_run, level, methods) + _voting_lines(per_run, level, methods)
-    one_seed_method = any(sum(m == method for m, _ in per_run) == 1 for method in methods)
+    one_seed_method = 1 in Counter(m for m, _ in per_run).values()
     spread = _seed_spread_line(per_run, level) if one_seed_method else None  # scale for one-seed comparisons
     return lines + [spread] if lines and spread else lines

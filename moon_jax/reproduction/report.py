@@ -197,8 +197,10 @@ def reproduction_report(
     date: Optional[str] = None,
     scale: str = "",
 ) -> str:
-    """The whole Markdown report (see :mod:`moon_jax.reproduction`). ``scale``: the scale of the
-    runs and why it was chosen (e.g. the config file's docstring)."""
+    """The whole Markdown report (see :mod:`moon_jax.reproduction`). ``level``: the runs' sparsity
+    as the tables name it (:func:`~moon_jax.reproduction.methods.sparsity_level`, e.g. "90%" or
+    "2:4 (ERK 90% plan)"); ``scale``: the scale of the runs and why it was chosen (e.g. the config
+    file's docstring)."""
     wall_times = {(o.spec.method, o.spec.seed): wall_time_summary(o.spec.workdir) for o in outcomes}
     per_run = _per_run_with_wall_time(results, wall_times)
     stats = aggregate(per_run)

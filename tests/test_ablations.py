@@ -104,7 +104,7 @@ def test_reference_head_has_k_outputs_and_treats_the_last_class_as_unknown():
     assert setup.model.num_outputs == 10 and setup.moon_loss is not None
 
 
-def test_head_none_is_plain_cross_entropy_with_k_outputs():
+def test_head_none_builds_k_outputs_without_the_moon_loss_and_keeps_the_averaging():
     config = tiny_digits_config()
     config.moon.head = "none"
     config.moon.loss_weighting = "none"

@@ -191,7 +191,8 @@ def test_ste_magnitude_brings_back_a_pruned_weight_that_grew():
 @pytest.mark.parametrize("method,moon", [(m, i % 2 == 0) for i, m in enumerate(NEW_METHODS)])
 def test_dense_to_sparse_run_reaches_the_target_at_its_end_step_and_resumes_bit_identically(tmp_path, method, moon):
     """train_and_evaluate on the digits job: pruning 10%..50% of 40 steps (steps 4..20, every 5),
-    MOON on or off; interrupted just before and just after the end step, resumed bit-identically."""
+    MOON on or off; interrupted just before the end step (GMP also just after it, the first step
+    that holds the target), resumed bit-identically."""
     config = short_digits_config(4)
     config.sparse.method, config.moon.enabled = method, moon
     config.sparse.prune_start_fraction, config.sparse.prune_end_fraction = 0.1, 0.5

@@ -90,6 +90,10 @@ GENERATED = re.compile(r"^(runs/|docs/REPRODUCTION[A-Z_]*\.md$)")
 # write, and the placeholder for a user's config file in train.py's flag help.
 NOT_FILES = {"report.md", "device_check.md", "comparison.md", "file.py"}
 CITED_PATH = re.compile(r"(?<![\w./-])((?:[\w-]+/)+[\w.-]+\.(?:py|md|ipynb|toml|ya?ml))")
+# A path above the repository: only the shared data folder (where the README says the data lives)
+# may be named; any other is a file a user's checkout does not have.
+OUTSIDE_PATH = re.compile(r"(?:\.\./)+[\w.-][\w./-]*")
+SHARED_DATA = re.compile(r"^\.\./shared/data(/|\.?$)")
 CITED_NAME = re.compile(r"(?<![\w./-])([\w-]+\.(?:py|md|ipynb|toml|ya?ml))(?![\w/-]|\.\w)")
 
 
@@ -113,6 +117,10 @@ def test_cited_files_exist():
             checked += 1
             if not GENERATED.match(cited) and not (REPO / cited).exists():
                 missing.add(f"{path.relative_to(REPO)} cites {cited}")
+        for cited in OUTSIDE_PATH.findall(text):
+            checked += 1
+            if not SHARED_DATA.match(cited):
+                missing.add(f"{path.relative_to(REPO)} cites {cited}, outside the repository")
         # a bare name: a file of that name next to the citing file or anywhere in the repository
         for cited in CITED_NAME.findall(text):
             checked += 1

@@ -279,8 +279,9 @@ def random_variables(model, input_shape, seed=0):
 def forward(request):
     """Runs one model for real (one compile): eval with features on a batch of 4, train on 2.
 
-    The eval batch is ``[a, b, a, c]``: rows 0 and 2 must agree whatever their neighbours are
-    (running statistics, no batch dependence).
+    The eval batch is ``[a, b, a, c]``, and ``a`` is also run among other neighbours, ``[a, c, c,
+    c]``: its logits must agree whatever its neighbours are (running statistics, no batch
+    dependence).
     """
     name = request.param
     shape = INPUT_SHAPES[name]
@@ -292,15 +293,16 @@ def forward(request):
     @jax.jit
     def run(variables, x):
         logits, features = model.apply(variables, x, train=False, return_features=True)
+        other_neighbours = model.apply(variables, jnp.stack([x[0], x[3], x[3], x[3]]), train=False)
         train_out = None
         if HAS_BN[name]:
             train_out = model.apply(variables, x[:2], train=True, mutable=["batch_stats"])
-        return logits, features, train_out
+        return logits, features, other_neighbours, train_out
 
-    logits, features, train_out = run(variables, x)
-    logits_again, _, _ = run(variables, x)
+    logits, features, other_neighbours, train_out = run(variables, x)
+    logits_again, _, _, _ = run(variables, x)
     return dict(name=name, variables=variables, logits=logits, features=features,
-                logits_again=logits_again, train_out=train_out)
+                logits_again=logits_again, other_neighbours=other_neighbours, train_out=train_out)
 
 
 def test_forward_outputs(forward):
@@ -320,6 +322,7 @@ def test_eval_is_deterministic_and_batch_independent(forward):
     logits = np.asarray(forward["logits"])
     np.testing.assert_array_equal(logits, np.asarray(forward["logits_again"]))
     np.testing.assert_allclose(logits[0], logits[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[0], np.asarray(forward["other_neighbours"])[0], rtol=1e-5, atol=1e-5)
 
 
 def test_train_mode_updates_batch_stats(forward):

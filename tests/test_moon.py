@@ -230,7 +230,7 @@ def test_bn_refresh_recomputes_only_batch_statistics():
     np.testing.assert_allclose(stats["mean"], np.mean(means, axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats["var"], np.mean(variances, axis=0), rtol=1e-4, atol=1e-5)
     assert float(acc.examples) == 64
-    # the structure is exactly batch_stats', and params are untouched by construction
+    # the accumulated statistics have exactly batch_stats' structure, nothing else
     assert jax.tree.structure(acc.mean_stats) == jax.tree.structure(variables["batch_stats"])
 
 
@@ -308,7 +308,6 @@ def test_a_snapshot_taken_after_the_step_equals_one_taken_inside_it():
     params = {"w": jnp.arange(6.0).reshape(2, 3) / 7, "b": jnp.ones(3)}
     tx = optax.chain(optax.sgd(0.1, momentum=0.9), moon.weight_averaging())
     state = tx.init(params)
-    checked = 0
     for i in range(4):
         grads = jax.tree.map(lambda p: jnp.sin(p * (i + 1)), params)
         inside_updates, inside = tx.update(grads, state, params, take_snapshot=True)
@@ -318,6 +317,4 @@ def test_a_snapshot_taken_after_the_step_equals_one_taken_inside_it():
         assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), inside, after))
         assert int(moon.find_averaging_state(after).count) == int(moon.find_averaging_state(state).count) + 1
         state = after
-        checked += 1
-    assert checked == 4
     assert moon.snapshot_into({"no": "averaging"}, params) == {"no": "averaging"}

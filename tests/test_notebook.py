@@ -5,6 +5,7 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import REPO
+from moon_jax.evaluation.plots import PLOT_FILES
 
 
 @pytest.mark.slow
@@ -20,7 +21,9 @@ def test_colab_notebook_executes_on_cpu(tmp_path, monkeypatch):
     assert "| ACC | ECE |" in outputs and "AUROC" in outputs
     assert (tmp_path / "run" / "eval.json").exists()
     images = [out for cell in notebook.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
-    assert len(images) >= 4  # reliability, ROC, score histograms, layer density, training curves
+    # reliability, ROC, score histograms, layer density, training curves: each written and shown
+    assert {p.name for p in (tmp_path / "run").glob("*.png")} == set(PLOT_FILES.values())
+    assert len(images) == len(PLOT_FILES)
 
 
 def test_colab_install_cell_names_what_to_upload_when_nothing_is_there(tmp_path, monkeypatch):

@@ -309,11 +309,13 @@ def test_property_counts_and_zeros(shapes, sparsity, distribution, method, seed)
     state, params = upd.init(params, jax.random.key(seed + 1))
     grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(seed + 2), p.shape), params)
     new_state, new_params = upd.update(state, params, grads)
-    for name, leaf_mask, leaf_new, leaf_p, count in zip(
+    for name, leaf_mask, leaf_new, leaf_p, leaf_before, leaf_grad, count in zip(
         upd.names,
         jax.tree.leaves(state.masks, is_leaf=lambda x: x is None),
         jax.tree.leaves(new_state.masks, is_leaf=lambda x: x is None),
         jax.tree.leaves(new_params),
+        jax.tree.leaves(params),
+        jax.tree.leaves(grads),
         upd.nonzeros,
     ):
         if count is None:
@@ -324,9 +326,20 @@ def test_property_counts_and_zeros(shapes, sparsity, distribution, method, seed)
         # grown connections start at zero
         grown = np.asarray(leaf_new) & ~np.asarray(leaf_mask)
         assert not np.any(np.asarray(leaf_p)[grown])
-        # exactly k swapped, k = floor(0.9 * count) at step 0 (minus regrown-dropped ones)
+        # The drop keeps the count - k active weights of largest magnitude, k = floor(0.9 * count)
+        # at step 0; the grow adds k among the rest (a dropped weight may come back): by gradient
+        # magnitude for RigL, at random for SET.
         k = int(np.floor(np.float32(0.9) * np.float32(count)))
-        assert grown.sum() <= k
+        old, new = np.asarray(leaf_mask).reshape(-1), np.asarray(leaf_new).reshape(-1)
+        active = np.flatnonzero(old)
+        kept = np.zeros_like(old)
+        kept[active[np.argsort(-np.abs(np.asarray(leaf_before)).reshape(-1)[active], kind="stable")[: count - k]]] = True
+        assert np.all(new[kept]) and int((new & ~kept).sum()) == k
+        if method == "rigl":
+            free = np.flatnonzero(~kept)
+            expected = kept.copy()
+            expected[free[np.argsort(-np.abs(np.asarray(leaf_grad)).reshape(-1)[free], kind="stable")[:k]]] = True
+            np.testing.assert_array_equal(new, expected)
 
 
 # ----------------------------------------------------------------------------- masked optax

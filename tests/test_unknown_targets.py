@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_digits_config
 from moon_jax import moon, sparse
 from moon_jax.programs import train_and_evaluate
-from moon_jax.reproduction.methods import METHODS, RELEASED_COSINE_STEPS
+from moon_jax.reproduction.methods import CIGL_DROP_RATE, METHODS, RELEASED_COSINE_STEPS
 from moon_jax.training import build_run, create_train_state
 from moon_jax.training.config import ConfigError, validate_config
 from moon_jax.training.steps import train_step
@@ -81,6 +81,9 @@ def test_released_methods_set_every_switch_of_the_released_code():
     _, setup = build_run(config, with_ood=False)
     assert setup.updater.schedule.cosine_steps == 70 and setup.updater.schedule.drop_count_rounding == "ceil"
     assert setup.model.num_outputs == 10 and setup.schedule.averaging_trigger == "reference"
+    # CigL's random mask wraps the masked optimizer, at the reference's rate
+    assert config.moon.dropconnect_rate == CIGL_DROP_RATE == 0.01
+    assert isinstance(setup.tx.init({"w": jnp.zeros(2)})[0], moon.DropConnectState)
     assert "loss_weighting=none" in METHODS["released_cigl_rigl"].overrides[-1]
 
 

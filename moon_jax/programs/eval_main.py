@@ -74,6 +74,7 @@ def _check_ood(names):
 
 
 def main(argv):
+    """``eval.py``'s absl entry point: the flags checked, then a run evaluated (or runs compared)."""
     quiet_library_logs()
     _check_scores(FLAGS.scores)
     _check_ood(FLAGS.ood)

@@ -28,6 +28,8 @@ flags.DEFINE_list(
 
 
 def main(argv):
+    """``train.py``'s absl entry point: the config from ``--config`` (with its overrides) trained
+    and evaluated in ``--workdir``."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_library_logs()

@@ -1,9 +1,9 @@
 """Reproducing the paper's comparison (a program-level driver beside ``moon_jax.programs``, run by
 ``reproduce.py``): train several methods x seeds with ``train.py``, evaluate each run, and write
-one Markdown report (``docs/REPRODUCTION.md``, ``docs/REPRODUCTION_CPU.md``) with the scale and
-why, date, machine, exact commands, wall time per run, summary tables (mean ± sample std over
-seeds), per-OOD-set AUROC / FPR95, MOON's p(unknown) and the voting's effect, and the paper's
-claims checked against what was measured.
+one Markdown report (at ``--output``, by default ``docs/REPRODUCTION.md``; e.g. the committed
+``docs/REPRODUCTION_CPU.md``) with the scale and why, date, machine, exact commands, wall time per
+run, summary tables (mean ± sample std over seeds), per-OOD-set AUROC / FPR95, MOON's p(unknown)
+and the voting's effect, and the paper's claims checked against what was measured.
 
 The claims (Lei et al., Sec. 5 and Table 1): sparse training lowers OOD detection against dense
 (mean AUROC), and MOON added to a sparse method raises its mean AUROC by several points at about

@@ -88,6 +88,8 @@ class FlopsReport:
     method: str
 
     def describe(self) -> str:
+        """The one line a run prints at its start: forward FLOPs per example, dense and sparse,
+        and the training FLOPs against dense."""
         return (
             f"forward FLOPs/example: dense {self.dense_forward / 1e6:.2f} M, "
             f"sparse {self.sparse_forward / 1e6:.2f} M ({self.sparse_forward / self.dense_forward:.3f}x); "

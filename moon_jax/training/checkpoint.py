@@ -124,6 +124,7 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        """The steps of the checkpoints the directory holds."""
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, config: ml_collections.ConfigDict, extra: Optional[dict] = None) -> None:

@@ -163,6 +163,7 @@ class DeviceDataset:
         )
 
     def batch(self, indices: np.ndarray):
+        """One batch, ``(images uint8, labels int32)``, for one row of example indices."""
         return self._gather(self.images, self.labels, to_global(np.asarray(indices, np.int32), self._replicated))
 
     def epoch_batches(self, indices: np.ndarray, first: int, epoch: int) -> Iterator:
@@ -205,9 +206,12 @@ class HostStreamDataset:
         )
 
     def batch(self, indices: np.ndarray, epoch: Optional[int] = None):
+        """One batch for one row of indices, read now (``epoch`` seeds the random crops)."""
         return self._to_device(self._read(np.asarray(indices), epoch))
 
     def epoch_batches(self, indices: np.ndarray, first: int, epoch: int) -> Iterator:
+        """Batches for rows ``first..`` of an epoch's index matrix, each read ``prefetch`` batches
+        ahead on the thread pool and released once yielded (host memory stays bounded)."""
         rows = list(indices[first:])
         futures = [self._pool.submit(self._read, row, epoch) for row in rows[: self._prefetch]]
         for i in range(len(rows)):

@@ -184,6 +184,7 @@ class CheckedSaver:
         )
 
     def abort_message(self) -> str:
+        """What an interrupted run leaves to resume from, for its ``error:`` line."""
         last = self.checkpointer.latest_step()
         return (f"the checkpoint at step {last} in {self.checkpointer.directory} is intact; re-run to resume from it"
                 if last is not None else "no checkpoint was saved yet")

@@ -192,6 +192,7 @@ class IntervalReporter:
         self.masked = masked
 
     def add(self, metrics: dict) -> None:
+        """Keeps one step's metrics (device arrays, read only when the interval closes)."""
         self.records.append(metrics)
 
     def close_interval(self, step: int, epoch: int, state) -> None:

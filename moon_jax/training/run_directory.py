@@ -80,6 +80,7 @@ class WorkdirLock:
         self._file = handle
 
     def release(self) -> None:
+        """Releases the lock (a second run may then use the workdir); safe to call twice."""
         if self._file is not None:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
@@ -156,6 +157,7 @@ class RunDirectory:
         return self._checkpointer
 
     def has_checkpoint_directory(self) -> bool:
+        """Whether the workdir holds a checkpoints folder (an earlier run of it started)."""
         return self.checkpoints_dir.is_dir()
 
     def lock(self) -> WorkdirLock:
@@ -216,6 +218,7 @@ class RunDirectory:
 
     # metrics
     def append_metrics(self, record: dict) -> None:
+        """Appends one record to ``metrics.jsonl`` as one whole line (never a torn one)."""
         append_line(self.metrics_path, json.dumps(record))
 
     def read_metrics(self, kind: Optional[str] = None) -> list[dict]:
@@ -246,7 +249,9 @@ class RunDirectory:
 
     # a driver's records
     def append_wall_time(self, record: dict[str, Any]) -> None:
+        """Appends one invocation's wall-time record (written by the reproduction driver)."""
         append_line(self.wall_time_path, json.dumps(record))
 
     def read_wall_times(self) -> list[dict]:
+        """The wall-time records, oldest first (none when the file does not exist)."""
         return read_json_lines(self.wall_time_path)

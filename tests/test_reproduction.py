@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO
 from moon_jax import reproduction as rp
 from moon_jax.reproduction.claims import _noise_note
+from moon_jax.reproduction.driver import default_title
 from moon_jax.reproduction.formatting import pm
 from moon_jax.training.config import ConfigError
 
@@ -327,6 +328,13 @@ def test_tables_name_the_mask_structure_and_every_algorithm_gets_its_moon_claim(
     assert rp.sparsity_level(sparse("block_4,2")) == "90% in 4x2 blocks"
     assert rp.sparsity_level(sparse("channel")) == "90% by output channel"
     assert rp.method_label("moon_rigl", rp.sparsity_level(sparse("nm_2,4"))) == "MOON + RigL 2:4 (ERK 90% plan)"
+    # the report's title too (it read "90% erk" for a 2:4 run, whose sparse layers are 50% dense)
+    titles = {structure: default_title(SimpleNamespace(
+        data=SimpleNamespace(dataset="cifar10"), model=SimpleNamespace(name="resnet18"), sparse=sparse(structure)))
+        for structure in ("unstructured", "nm_2,4", "block_4,2")}
+    assert titles == {"unstructured": "Reproduction: cifar10 / resnet18 / 90% erk",
+                      "nm_2,4": "Reproduction: cifar10 / resnet18 / 2:4 (ERK 90% plan)",
+                      "block_4,2": "Reproduction: cifar10 / resnet18 / 90% in 4x2 blocks, erk"}
     # a dense-to-sparse method and its MOON variant get the paper's main comparison, as RigL does
     per_run = {}
     for seed, (base, moon) in enumerate([(0.60, 0.62), (0.61, 0.62), (0.62, 0.66)]):

@@ -14,6 +14,7 @@ import jax
 
 from moon_jax.evaluation.checkpoint_eval import load_run_config
 from moon_jax.evaluation.compare import load_or_evaluate
+from moon_jax.sparse.structure import parse_structure
 from moon_jax.training.checkpoint import CheckpointError
 from moon_jax.training.config import ConfigError
 from moon_jax.reproduction.methods import sparsity_level
@@ -126,10 +127,16 @@ def _report_notes(config, notes: Sequence[str], failed: Sequence[RunOutcome]) ->
     return notes
 
 
-def _default_title(config) -> str:
-    """``"Reproduction: <dataset> / <model> / <sparsity>% <distribution>"``."""
-    return (f"Reproduction: {config.data.dataset} / {config.model.name} / "
-            f"{100 * config.sparse.sparsity:g}% {config.sparse.distribution}")
+def default_title(config) -> str:
+    """``"Reproduction: <dataset> / <model> / <sparsity>"``: the sparsity as the tables name it
+    (:func:`~moon_jax.reproduction.methods.sparsity_level`) with its distribution, e.g. ``90% erk``
+    or ``90% in 4x4 blocks, erk``; an N:M level names its plan already (``2:4 (ERK 90% plan)``)."""
+    level, kind = sparsity_level(config.sparse), parse_structure(config.sparse.structure).kind
+    if kind == "unstructured":
+        level = f"{level} {config.sparse.distribution}"
+    elif kind != "nm":
+        level = f"{level}, {config.sparse.distribution}"
+    return f"Reproduction: {config.data.dataset} / {config.model.name} / {level}"
 
 
 def reproduce(request: Request, train_script: str = "train.py") -> int:
@@ -149,7 +156,7 @@ def reproduce(request: Request, train_script: str = "train.py") -> int:
         return 1
     config = load_run_config(next(o.spec.workdir for o in outcomes if (o.spec.method, o.spec.seed) in results))
     report = reproduction_report(
-        request.title or _default_title(config), outcomes, results, request.methods, sparsity_level(config.sparse),
+        request.title or default_title(config), outcomes, results, request.methods, sparsity_level(config.sparse),
         device_description(), request.invocation, _report_notes(config, request.notes, failed),
         scale=config_docstring(request.config))
     output = Path(request.output)

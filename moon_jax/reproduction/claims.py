@@ -1,5 +1,8 @@
 """The paper's claims checked against the runs: one Markdown bullet per claim or comparison, with
-the measured paired differences (mean ± std over seeds) and the verdict whichever way it goes."""
+the measured paired differences (mean ± std over seeds) and the verdict whichever way it goes.
+
+Every function that names methods takes ``level``: the runs' sparsity as the rows name it after
+the algorithm (:func:`~moon_jax.reproduction.methods.sparsity_level`: "90%", "2:4 (ERK 90% plan)")."""
 from __future__ import annotations
 
 from collections import Counter

@@ -1,5 +1,8 @@
 """The Markdown report: the summary, per-OOD-set and unknown-output tables, the paper's claims as
-measured (:mod:`moon_jax.reproduction.claims`), and the runs with their commands and wall times."""
+measured (:mod:`moon_jax.reproduction.claims`), and the runs with their commands and wall times.
+
+Every function that names methods takes ``level``: the runs' sparsity as the rows name it after
+the algorithm (:func:`~moon_jax.reproduction.methods.sparsity_level`: "90%", "2:4 (ERK 90% plan)")."""
 from __future__ import annotations
 
 import datetime

@@ -168,7 +168,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.ece_bins = 15
-    c.eval.scores = ()  # () = the defaults for the model (MOON scores or MSP + energy)
+    c.eval.scores = ()  # () = every score that is a default for the model's head (score_registry)
     return c
 
 

@@ -73,4 +73,28 @@ def test_section_needs_a_seed_with_all_four_cells():
     assert factorial.complete_seeds(per_run) == [0, 1]
     section = factorial.factorial_section(per_run)
     assert "seeds 0, 1" in section and section.count("| on | on |") == 2
-    assert factorial.factorial_section({k: v for k, v in per_run.items() if k[0] != "moon_rigl"}) == ""
+    # without a seed that has all four cells: the two-factor design at the MOON level that has both
+    without_moon_rigl = {k: v for k, v in per_run.items() if k[0] != "moon_rigl"}
+    assert factorial.design(without_moon_rigl) == (False,)
+    assert "CigL's mask x voting, MOON's loss off" in factorial.factorial_section(without_moon_rigl)
+    assert factorial.factorial_section({k: v for k, v in without_moon_rigl.items() if k[0] != "averaged_rigl"}) == ""
+
+
+def test_one_moon_level_gives_cigl_voting_and_their_interaction():
+    """Part 4's runs (averaged_rigl and cigl_rigl, the loss off): the two-factor design recovers
+    the model's CigL and voting effects and their interaction, and leaves MOON's effects out."""
+    noise = {(False, True, v, s): 0.003 * s for v in (False, True) for s in (0, 1, 2)}  # CigL x voting 0
+    per_run = {k: v for k, v in synthetic_runs(noise).items() if k[0] in ("averaged_rigl", "cigl_rigl")}
+    for (method, seed), run in per_run.items():  # an interaction: voting adds 0.006 more under CigL's mask
+        if method == "cigl_rigl":
+            run["auroc/mean"] += 0.006
+    assert factorial.design(per_run) == (False,)
+    found = {name: factorial.effect(per_run, contrasts, "auroc/mean") for name, *contrasts in factorial.effects((False,))}
+    assert set(found) == {"CigL mask", "voting", "CigL mask x voting"}
+    assert found["CigL mask"][0] == pytest.approx(0.01 + 0.003 + 0.003, abs=1e-12)  # + mean noise, + half the 0.006
+    assert found["voting"][0] == pytest.approx(0.005 + 0.003, abs=1e-12)
+    assert found["CigL mask x voting"][0] == pytest.approx(0.006, abs=1e-12) and found["voting"][2] == 3
+    section = factorial.factorial_section(per_run)
+    assert "Runs: averaged_rigl, cigl_rigl at seeds 0, 1, 2" in section
+    assert section.count("| off | on |") == 2 and "| on |" not in section.replace("| off | on |", "")
+    assert "| MOON loss + K+1 head" not in section.split("| effect |")[1]  # no MOON effects in the table

@@ -33,6 +33,9 @@ Each run is `python train.py --config=... --workdir=<root>/<method>_s<seed> ...`
 <workdir>/train.log; --parallel=N runs N at once (on one GPU each gets 0.9/N of its memory).
 Running the same command again skips finished runs, resumes unfinished ones and rebuilds the report.
 --eval_only rebuilds the report from the workdirs without training.
+--records=DIR keeps each finished run's small files (config.json, eval.json, train.log, wall_time.jsonl) in
+DIR/<method>_s<seed>/, e.g. to commit beside the report; on another machine the same command restores
+them under --root, counts those runs as finished (their eval.json as recorded) and trains only the rest.
 """
 import os
 import shlex
@@ -62,6 +65,11 @@ flags.DEFINE_string("title", None, "Report title (default: from the config).")
 flags.DEFINE_multi_string("note", [], "A line for the report's notes (repeatable).")
 flags.DEFINE_boolean("eval_only", False, "No training: evaluate the workdirs and write the report.")
 flags.DEFINE_boolean("plots", True, "Write each run's PNG plots (--noplots skips them).")
+flags.DEFINE_string(
+    "records", None,
+    "Where the runs' records are kept (config.json, eval.json, train.log, wall_time.jsonl: enough to rebuild the "
+    "report without checkpoints): runs missing under --root are restored from there first, finished ones copied "
+    "there last.")
 
 
 def parse_flags(argv):
@@ -92,6 +100,7 @@ def main(args):
         FLAGS.config, methods, method_seeds, seeds, FLAGS.root, FLAGS.output,
         invocation=shlex.join(["python", "reproduce.py", *sys.argv[1:]]), overrides=overrides,
         parallel=FLAGS.parallel, title=FLAGS.title, notes=FLAGS.note, eval_only=FLAGS.eval_only, plots=FLAGS.plots,
+        records=FLAGS.records,
     )
     return reproduce(request, train_script=os.path.join(_HERE, "train.py"))
 

@@ -18,9 +18,10 @@ import pytest
 
 from conftest import REPO, tiny_digits_config
 from moon_jax.programs import explicit_overrides, prepare_config
+from moon_jax.reproduction.records import save_records
 from moon_jax.training.checkpoint import Checkpointer
 from moon_jax.training.config import scale_phases_to_epochs
-from moon_jax.training.files import append_line, read_json_lines
+from moon_jax.training.files import WriteError, append_line, read_json_lines
 from moon_jax.training.run_directory import RunDirectory
 
 CONFIG_FILE = '''
@@ -143,6 +144,29 @@ def test_full_disk_is_one_error_line_keeps_the_checkpoint_and_resumes(tmp_path):
         assert "| ACC | ECE |" in out.stdout
         filler.unlink()
 
+
+def test_run_records_on_a_full_disk_keep_the_older_copy_and_reproduce_stops_before_training(tmp_path):
+    """A run's records copied onto a full disk: one WriteError naming the file, and the older copy
+    there stays whole; reproduce.py with a full --records folder prints one error line before it
+    starts any run."""
+    run_dir = tmp_path / "runs" / "rigl_s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "eval.json").write_text(json.dumps({"version": 1}))
+    with mounted(tmp_path / "disk", "size=1m") as disk:
+        save_records([run_dir], disk)
+        (run_dir / "eval.json").write_text(json.dumps({"version": 2, "padding": "x" * 200_000}))
+        filler = fill_disk(disk, leave_bytes=16 * 1024)
+        with pytest.raises(WriteError, match=f"no space left on the device to write {disk / 'rigl_s0' / 'eval.json'}"):
+            save_records([run_dir], disk)
+        assert json.loads((disk / "rigl_s0" / "eval.json").read_text()) == {"version": 1}
+        filler.unlink()
+        fill_disk(disk, leave_bytes=0)
+        root = tmp_path / "root"
+        out = run([sys.executable, str(REPO / "reproduce.py"), f"--config={REPO / 'configs' / 'default.py'}",
+                   "--methods=rigl", f"--root={root}", f"--output={tmp_path / 'R.md'}", f"--records={disk}"])
+        assert_one_error_line(out.stderr, "no space left", str(disk))
+        assert out.returncode == 2 and not root.exists()
 
 def test_a_failed_append_leaves_no_torn_line(tmp_path, monkeypatch):
     path = tmp_path / "log.jsonl"

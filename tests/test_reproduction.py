@@ -14,7 +14,10 @@ import pytest
 from conftest import REPO
 from moon_jax import reproduction as rp
 from moon_jax.reproduction.claims import _noise_note
-from moon_jax.reproduction.driver import default_title
+from moon_jax.reproduction.driver import default_title, run_results, train_runs
+from moon_jax.evaluation.evaluate import FORMAT_VERSION
+from moon_jax.reproduction.records import RECORD_FILES, holds_records_only, recorded_results
+from moon_jax.training.checkpoint import CheckpointError
 from moon_jax.reproduction.formatting import pm
 from moon_jax.training.config import ConfigError
 
@@ -86,6 +89,33 @@ def test_a_run_is_complete_only_with_its_evaluation_a_clean_exit_and_the_same_co
     assert rp.run_is_complete(spec)
     # the same workdir asked to hold another config (here: another seed) is not this run
     assert not rp.run_is_complete(other_seed._replace(workdir=spec.workdir))
+
+
+def test_a_finished_run_is_kept_as_records_the_moment_it_ends_and_a_failed_one_is_not(tmp_path):
+    """train_runs(records=...) copies a run's small files as soon as it exits 0 (a machine lost
+    afterwards loses no finished run); a failed run leaves no records, and a workdir holding only
+    records gives its eval.json as recorded, or one error line when that is of an older format."""
+    records = tmp_path / "records"
+    planned, bad = rp.plan_runs(DEFAULT_CONFIG, ["rigl", "moon_rigl"], [0], tmp_path / "runs")
+    write = f"import json, sys; open(sys.argv[1], 'w').write(json.dumps({{'format_version': {FORMAT_VERSION}, 'x': 1}}))"
+    good = planned._replace(command=(sys.executable, "-c", write, str(planned.workdir / "eval.json")))
+    bad = bad._replace(command=(sys.executable, "-c", "raise SystemExit(3)"))
+    seen = []
+    outcomes = train_runs([good, bad], parallel=1, eval_only=False, records=str(records),
+                          log=lambda line: seen.append((line, sorted(p.name for p in records.glob("*")))))
+    assert [o.returncode for o in outcomes] == [0, 3]
+    assert seen[2][0].startswith("started moon_rigl seed 0") and seen[2][1] == ["rigl_s0"]  # kept before the next run began
+    assert sorted(p.name for p in (records / "rigl_s0").iterdir()) == sorted({"eval.json", "train.log", "wall_time.jsonl"})
+    assert not (records / "moon_rigl_s0").exists()
+    kept = records / "rigl_s0"
+    assert not holds_records_only(kept)  # no config.json: not a run's records
+    (kept / "config.json").write_text(rp.spec_config(planned).to_json_best_effort(indent=2) + "\n")
+    assert holds_records_only(kept) and run_results(kept, plots=False) == {"format_version": FORMAT_VERSION, "x": 1}
+    assert rp.run_is_complete(planned._replace(workdir=kept))  # counts as finished without a checkpoint
+    (kept / "eval.json").write_text(json.dumps({"format_version": FORMAT_VERSION - 1}))
+    with pytest.raises(CheckpointError, match=f"format {FORMAT_VERSION - 1}, not format {FORMAT_VERSION}.*train the run again"):
+        recorded_results(kept)
+    assert set(RECORD_FILES) == {"config.json", "eval.json", "train.log", "wall_time.jsonl"}
 
 
 def test_concurrent_runs_share_the_accelerator_memory():
@@ -354,11 +384,12 @@ def test_a_mean_that_rounds_to_zero_prints_without_a_sign():
 
 @pytest.mark.slow
 def test_reproduce_script_end_to_end_on_digits(tmp_path):
-    """Two real runs through train.py, then the report: its numbers are each run's eval.json."""
-    root, output = tmp_path / "runs", tmp_path / "REPRODUCTION.md"
+    """Two real runs through train.py, then the report: its numbers are each run's eval.json; the
+    runs' records alone rebuild it elsewhere."""
+    root, output, records = tmp_path / "runs", tmp_path / "REPRODUCTION.md", tmp_path / "records"
     args = [
         str(REPO / "reproduce.py"), f"--config={DEFAULT_CONFIG}", "--methods=rigl,moon_rigl",
-        "--seeds=0", f"--root={root}", f"--output={output}", "--noplots", "--parallel=2",
+        "--seeds=0", f"--root={root}", f"--output={output}", "--noplots", "--parallel=2", f"--records={records}",
         "--config.train.epochs=12", "--config.moon.warmup_epochs=2", "--config.moon.averaging_epochs=3",
         "--config.sparse.end_fraction=0.6", "--config.train.eval_every_epochs=0", "--config.train.checkpoint_every_epochs=6",
     ]
@@ -392,6 +423,17 @@ def test_reproduce_script_end_to_end_on_digits(tmp_path):
     def tables(text):  # skips the title and date lines
         return text.split("## Runs")[0].split("\n", 3)[3]
 
+    assert tables(output.read_text()) == tables(report)
+    # On another machine (a fresh --root), the same command restores the finished runs from their
+    # records, without checkpoints, trains nothing and gives the same tables.
+    assert sorted(p.name for p in (records / "moon_rigl_s0").iterdir()) == sorted(RECORD_FILES)
+    elsewhere = tmp_path / "elsewhere"
+    moved = [f"--root={elsewhere}" if a.startswith("--root=") else a for a in args]
+    restored = subprocess.run([sys.executable, *moved], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    assert f"restored from the records in {records}: {elsewhere / 'rigl_s0'}" in restored.stdout
+    assert "already done: moon_rigl seed 0" in restored.stdout
+    assert not (elsewhere / "rigl_s0" / "checkpoints").exists()
     assert tables(output.read_text()) == tables(report)
 
 

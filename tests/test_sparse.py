@@ -286,6 +286,17 @@ def test_maybe_update_gates_on_schedule_inside_jit():
 
 
 # ----------------------------------------------------------------------------- hypothesis
+def largest_k(scores, k, candidates=None) -> np.ndarray:
+    """The oracle of the top-k selections: a boolean mask over ``scores`` (flattened) of the ``k``
+    largest among ``candidates`` (flat indices, increasing; all by default), ties to the lower
+    index, as a stable descending sort orders them."""
+    scores = np.asarray(scores).reshape(-1)
+    candidates = np.arange(scores.size) if candidates is None else np.asarray(candidates)
+    chosen = np.zeros(scores.size, bool)
+    chosen[candidates[np.argsort(-scores[candidates], kind="stable")[:k]]] = True
+    return chosen
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shapes=st.lists(
@@ -331,14 +342,10 @@ def test_property_counts_and_zeros(shapes, sparsity, distribution, method, seed)
         # magnitude for RigL, at random for SET.
         k = int(np.floor(np.float32(0.9) * np.float32(count)))
         old, new = np.asarray(leaf_mask).reshape(-1), np.asarray(leaf_new).reshape(-1)
-        active = np.flatnonzero(old)
-        kept = np.zeros_like(old)
-        kept[active[np.argsort(-np.abs(np.asarray(leaf_before)).reshape(-1)[active], kind="stable")[: count - k]]] = True
+        kept = largest_k(np.abs(leaf_before), count - k, np.flatnonzero(old))
         assert np.all(new[kept]) and int((new & ~kept).sum()) == k
         if method == "rigl":
-            free = np.flatnonzero(~kept)
-            expected = kept.copy()
-            expected[free[np.argsort(-np.abs(np.asarray(leaf_grad)).reshape(-1)[free], kind="stable")[:k]]] = True
+            expected = kept | largest_k(np.abs(leaf_grad), k, np.flatnonzero(~kept))
             np.testing.assert_array_equal(new, expected)
 
 
@@ -455,12 +462,9 @@ def test_training_flops_relative_rigl_accounting():
 def test_top_k_mask_equals_a_stable_sort(values, k_frac):
     scores = np.asarray(values, np.float32)
     k = int(round(k_frac * scores.size))
-    order = np.argsort(-scores, kind="stable")  # descending, ties -> lower index first
-    want = np.zeros(scores.size, bool)
-    want[order[:k]] = True
     got = np.asarray(sparse.top_k_mask(jnp.asarray(scores), k))
     assert got.sum() == k
-    np.testing.assert_array_equal(got, want)  # -0.0 and 0.0 tie, as they do in the sort
+    np.testing.assert_array_equal(got, largest_k(scores, k))  # -0.0 and 0.0 tie, as they do in the sort
 
 
 @settings(max_examples=30, deadline=None)

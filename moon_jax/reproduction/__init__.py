@@ -25,7 +25,8 @@ the sum, or says which invocations left no record (the driver writes each invoca
 to ``train.log`` first, so one killed with the machine is counted).
 
 One module per job: ``methods`` (the catalogue, groups, labels, comparisons), ``workdirs`` (the
-run directories' file names, the wall-time records), ``planning`` (the runs and their configs),
+run directories' file names, the wall-time records), ``records`` (a finished run's small files,
+kept without its checkpoints and restored), ``planning`` (the runs and their configs),
 ``runner`` (the train.py subprocesses), ``stats`` (metrics, means over seeds, paired
 differences), ``formatting``, ``claims`` and ``report`` (the Markdown), ``driver`` (all of it,
 for ``reproduce.py``). It uses ``moon_jax.programs``, ``training`` and ``evaluation``; nothing in

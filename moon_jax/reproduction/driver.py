@@ -19,6 +19,8 @@ from moon_jax.training.checkpoint import CheckpointError
 from moon_jax.training.config import ConfigError
 from moon_jax.reproduction.methods import sparsity_level
 from moon_jax.reproduction.planning import RunSpec, check_specs, plan_runs, run_is_complete
+from moon_jax.reproduction.records import (check_records_folder, holds_records_only, recorded_config, recorded_results,
+                                           restore_records, save_records)
 from moon_jax.reproduction.report import reproduction_report
 from moon_jax.reproduction.runner import RunOutcome, run_all
 
@@ -45,6 +47,9 @@ class Request(NamedTuple):
       notes: lines for the report's notes.
       eval_only: no training, only evaluation and the report.
       plots: write each run's PNG plots.
+      records: where the runs' records are kept (:mod:`~moon_jax.reproduction.records`): runs
+        missing under ``root`` are restored from there first; each run is written there when it
+        finishes and again once evaluated.
     """
 
     config: str
@@ -60,6 +65,7 @@ class Request(NamedTuple):
     notes: Sequence[str] = ()
     eval_only: bool = False
     plots: bool = True
+    records: Optional[str] = None
 
 
 def config_docstring(path: str) -> str:
@@ -89,17 +95,37 @@ def device_description() -> str:
 
 
 def train_runs(
-    specs: Sequence[RunSpec], parallel: int, eval_only: bool, log: Callable[[str], None] = print
+    specs: Sequence[RunSpec], parallel: int, eval_only: bool, log: Callable[[str], None] = print,
+    records: Optional[str] = None,
 ) -> list[RunOutcome]:
     """Trains every run not yet complete (none with ``eval_only``); a skipped run's outcome is
-    exit status 0 and no wall time."""
+    exit status 0 and no wall time. With ``records``, each run that finishes has its records
+    saved there at once, so that a machine lost later loses no finished run."""
     if eval_only:
         return [RunOutcome(s, 0, None) for s in specs]
     done = [s for s in specs if run_is_complete(s)]
     for spec in done:
         log(f"already done: {spec.method} seed {spec.seed} ({spec.workdir})")
-    ran = iter(run_all([s for s in specs if s not in done], parallel, log=log))
+
+    def keep_records(outcome: RunOutcome) -> None:
+        if records and outcome.returncode == 0:
+            save_records([outcome.spec.workdir], records)
+
+    ran = iter(run_all([s for s in specs if s not in done], parallel, log=log, on_finished=keep_records))
     return [RunOutcome(s, 0, None) if s in done else next(ran) for s in specs]
+
+
+def run_results(workdir, plots: bool) -> dict:
+    """A finished run's eval.json: evaluated from its checkpoint where not up to date, or as
+    recorded when the workdir holds only the run's records."""
+    if holds_records_only(workdir):
+        return recorded_results(workdir)
+    return load_or_evaluate(workdir, plots=plots)[0]
+
+
+def run_config(workdir):
+    """A finished run's config: its checkpoint's, or its records' ``config.json``."""
+    return recorded_config(workdir) if holds_records_only(workdir) else load_run_config(workdir)
 
 
 def evaluate_runs(outcomes: Sequence[RunOutcome], plots: bool) -> tuple[dict, list[RunOutcome]]:
@@ -110,7 +136,7 @@ def evaluate_runs(outcomes: Sequence[RunOutcome], plots: bool) -> tuple[dict, li
         if outcome.returncode != 0:
             continue
         try:
-            results[(outcome.spec.method, outcome.spec.seed)], _ = load_or_evaluate(outcome.spec.workdir, plots=plots)
+            results[(outcome.spec.method, outcome.spec.seed)] = run_results(outcome.spec.workdir, plots)
         except CheckpointError as err:
             print(f"error: {outcome.spec.workdir}: {err}", file=sys.stderr)
             failed.append(outcome)
@@ -149,12 +175,18 @@ def reproduce(request: Request, train_script: str = "train.py") -> int:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     check_specs(specs)
-    outcomes = train_runs(specs, request.parallel, request.eval_only)
+    if request.records:
+        check_records_folder(request.records)
+        for workdir in restore_records(request.records, request.root, [(s.method, s.seed) for s in specs]):
+            print(f"restored from the records in {request.records}: {workdir}")
+    outcomes = train_runs(specs, request.parallel, request.eval_only, records=request.records)
     results, failed = evaluate_runs(outcomes, request.plots)
+    if request.records:
+        save_records([o.spec.workdir for o in outcomes if (o.spec.method, o.spec.seed) in results], request.records)
     if not results:
         print("error: no run finished; nothing to report (see the train.log of each workdir)", file=sys.stderr)
         return 1
-    config = load_run_config(next(o.spec.workdir for o in outcomes if (o.spec.method, o.spec.seed) in results))
+    config = run_config(next(o.spec.workdir for o in outcomes if (o.spec.method, o.spec.seed) in results))
     report = reproduction_report(
         request.title or default_title(config), outcomes, results, request.methods, sparsity_level(config.sparse),
         device_description(), request.invocation, _report_notes(config, request.notes, failed),

@@ -172,10 +172,10 @@ def effect_table(per_run: PerRun) -> str:
 
 def verdicts(per_run: PerRun) -> list[str]:
     """One line per metric: which effects exceed seed noise, and in which direction."""
-    lines = []
+    lines, measured = [], effects(design(per_run))
     for key, column, scale, digits, better in METRICS:
         found = []
-        for name, *contrasts in effects(design(per_run)):
+        for name, *contrasts in measured:
             stat = effect(per_run, contrasts, key)
             if stat is not None and beyond_seed_noise(stat):
                 word = "better" if better * stat[0] > 0 else "worse"

@@ -40,9 +40,11 @@ def run_all(
     cwd=None,
     log: Callable[[str], None] = print,
     poll_seconds: float = 0.5,
+    on_finished: Optional[Callable[[RunOutcome], None]] = None,
 ) -> list[RunOutcome]:
     """Runs every spec's command, at most ``parallel`` at once, output appended to
-    ``<workdir>/train.log``. A failed run is reported and the others go on. Returns the outcomes
+    ``<workdir>/train.log``. A failed run is reported and the others go on; ``on_finished`` is
+    called with each outcome as its run ends (its wall time recorded). Returns the outcomes
     in the order of ``specs``. If interrupted, running train.py processes get SIGTERM (they save a
     checkpoint) before the exception propagates."""
     if parallel < 1:
@@ -69,6 +71,8 @@ def run_all(
                 record_wall_time(outcome)
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {spec.workdir}/{TRAIN_LOG})"
                 log(f"{status}: {spec.method} seed {spec.seed} in {outcome.seconds:.1f} s")
+                if on_finished is not None:
+                    on_finished(outcome)
     finally:
         _stop_children(specs, running, log)
     return [outcomes[i] for i in range(len(specs))]

@@ -435,6 +435,9 @@ def test_reproduce_script_end_to_end_on_digits(tmp_path):
     assert "already done: moon_rigl seed 0" in restored.stdout
     assert not (elsewhere / "rigl_s0" / "checkpoints").exists()
     assert tables(output.read_text()) == tables(report)
+    restored_report = output.read_text()
+    assert "Read from their records, without checkpoints" in restored_report and "eval.py --compare" not in restored_report
+    assert "eval.py --compare" in report and "Read from their records" not in report
 
 
 @pytest.mark.slow

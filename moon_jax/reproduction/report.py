@@ -15,6 +15,7 @@ from moon_jax.reproduction.factorial import factorial_section
 from moon_jax.reproduction.formatting import cell, pm, pm_significant
 from moon_jax.reproduction.methods import method_label
 from moon_jax.reproduction.planning import RunSpec
+from moon_jax.reproduction.records import holds_records_only
 from moon_jax.reproduction.runner import RunOutcome
 from moon_jax.reproduction.stats import Stat, aggregate, is_noise_set, run_metrics
 from moon_jax.reproduction.workdirs import WallTime, wall_time_summary
@@ -169,7 +170,8 @@ def _moon_section(stats: Stats, methods: Sequence[str], level: str) -> list[str]
 
 
 def _runs_section(outcomes: Sequence[RunOutcome], wall_times: Mapping[tuple[str, int], WallTime]) -> list[str]:
-    """The runs table (exit status, wall times, the exact command) and the eval.py line that compares them."""
+    """The runs table (exit status, wall times, the exact command), the eval.py line that compares
+    the runs with checkpoints, and which runs were read from their records alone."""
     lines = ["", "## Runs", "",
              "| method | seed | exit | wall time in this command (s) | wall time, all invocations (s) | command |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
@@ -184,7 +186,14 @@ def _runs_section(outcomes: Sequence[RunOutcome], wall_times: Mapping[tuple[str,
     if any(o.seconds is None for o in outcomes):
         lines += ["", "skipped: not trained by the command that made this report (finished before it, or "
                       "`--eval_only`); its time is under \"all invocations\"."]
-    lines += ["", "Evaluate again or compare with `python eval.py --compare " + " ".join(str(o.spec.workdir) for o in outcomes) + "`."]
+    recorded = [o for o in outcomes if holds_records_only(o.spec.workdir)]
+    checkpointed = [o for o in outcomes if o not in recorded]
+    if checkpointed:
+        lines += ["", "Evaluate again or compare with `python eval.py --compare "
+                  + " ".join(str(o.spec.workdir) for o in checkpointed) + "`."]
+    if recorded:
+        lines += ["", "Read from their records, without checkpoints (`--records`; they cannot be evaluated again): "
+                  + ", ".join(f"{o.spec.method} seed {o.spec.seed}" for o in recorded) + "."]
     return lines
 
 
